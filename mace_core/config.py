@@ -1,0 +1,173 @@
+"""Typed, frozen configuration: one section per stage, composed into ``MaceConfig``.
+
+Each pipeline stage receives only its own section, so a stage's cache key depends only on the fields
+it reads (changing a LoRA learning rate never invalidates the prior). Unknown keys and out-of-range
+values are rejected with the field name (pydantic ``extra="forbid"`` and ``Field`` bounds).
+Defaults follow the paper / official configs (``mace_spec.md`` section 2) unless noted.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mace_core.concepts import Concept
+
+DType = Literal["float32", "float16", "bfloat16"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(_Section):
+    """Base diffusers pipeline to erase from."""
+
+    path: str = Field(
+        default="miniworld",
+        description="Local diffusers pipeline directory or hub id; 'miniworld' = the shipped model.",
+    )
+    dtype: DType = Field(default="float32", description="Weights dtype for generation/training.")
+    device: str = Field(default="cpu", description="torch device, e.g. 'cpu' or 'cuda:0'.")
+
+
+class PromptsConfig(_Section):
+    """Prompt augmentation (spec Stage D): erased/mapping prompt pairs per concept."""
+
+    backend: Literal["templates", "llm"] = Field(default="templates", description="templates | llm.")
+    num_prompts: int = Field(default=30, ge=1, le=1000, description="Prompt pairs per concept.")
+    llm_base_url: str | None = Field(default=None, description="OpenAI-compatible base URL (llm).")
+    llm_model: str | None = Field(default=None, description="Chat model name (llm backend).")
+    llm_max_retries: int = Field(default=3, ge=0, le=20, description="Retries on invalid output.")
+
+
+class ImagesConfig(_Section):
+    """Training images generated with the base model (spec Stage A), seeded per concept."""
+
+    num_images: int = Field(default=8, ge=1, le=1000, description="Images per concept.")
+    steps: int = Field(default=30, ge=1, le=1000, description="Sampler steps.")
+    guidance_scale: float = Field(default=7.5, ge=0.0, le=50.0, description="CFG scale.")
+    batch_size: int = Field(default=8, ge=1, le=256, description="Images per forward batch.")
+
+
+class MasksConfig(_Section):
+    """Concept masks for the attention loss (spec Stage B)."""
+
+    backend: Literal["attention", "grounded_sam", "none"] = Field(
+        default="attention",
+        description="attention (model's own cross-attention, no extra weights) | grounded_sam | none.",
+    )
+    attention_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="Relative threshold.")
+    box_threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="GroundingDINO box thr.")
+    text_threshold: float = Field(default=0.25, gt=0.0, lt=1.0, description="GroundingDINO text thr.")
+    on_empty: Literal["full", "skip"] = Field(
+        default="full", description="Nothing detected: full-image mask (paper) or skip the image."
+    )
+    groundingdino_config: str | None = Field(default=None, description="GroundingDINO config path.")
+    groundingdino_checkpoint: str | None = Field(default=None, description="GroundingDINO weights.")
+    groundingdino_text_encoder: str | None = Field(default=None, description="Local BERT dir.")
+    sam_checkpoint: str | None = Field(default=None, description="SAM / SAM-HQ checkpoint path.")
+    sam_model_type: Literal["vit_b", "vit_l", "vit_h"] = Field(default="vit_h", description="SAM size.")
+
+
+class PriorConfig(_Section):
+    """General prior (caption corpus Gram) and domain prior (retain list Gram)."""
+
+    captions: str = Field(
+        default="miniworld",
+        description="Caption source (COCO json, csv, parquet, txt); 'miniworld' = shipped corpus.",
+    )
+    max_captions: int | None = Field(default=None, ge=1, description="Cap on captions used.")
+    exclude: tuple[str, ...] = Field(default=(), description="Caption files to exclude (eval sets).")
+    shard_size: int = Field(default=5000, ge=1, description="Captions per resumable shard.")
+    batch_size: int = Field(default=256, ge=1, description="Captions per text-encoder batch.")
+    retain: tuple[str, ...] = Field(default=(), description="Domain prior: names/prompts to keep.")
+
+
+class CFRConfig(_Section):
+    """Closed-form cross-attention refinement (spec Stage E, paper Eq. 1-2)."""
+
+    lam: float = Field(default=0.0, ge=0.0, description="Weight of ||W - W0||^2.")
+    prior_weight: float = Field(default=0.0, ge=0.0, description="Weight on the general prior Gram.")
+    domain_weight: float = Field(default=0.0, ge=0.0, description="pw: domain Gram relative weight.")
+    square_prior_weight: bool = Field(
+        default=False,
+        description="Official-code bug reproduction: apply prior_weight twice (tps^2). Off = once.",
+    )
+
+
+class LoraConfig(_Section):
+    """Per-concept LoRA training with the masked attention loss (spec Stage F, paper Eq. 3-5)."""
+
+    rank: int = Field(default=1, ge=1, le=128, description="LoRA rank r.")
+    learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0, description="AdamW learning rate.")
+    steps: int = Field(default=50, ge=1, le=100_000, description="Optimizer steps.")
+    batch_size: int = Field(default=1, ge=1, le=256, description="Images per step.")
+    weight_decay: float = Field(default=0.01, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0.0, description="Gradient norm clip.")
+    cfis: bool = Field(default=True, description="Concept-focal importance sampling of timesteps.")
+    cfis_gamma: float = Field(default=0.05, gt=0.0, description="CFIS slope g.")
+    cfis_t1: int = Field(default=200, ge=0, description="CFIS window start.")
+    cfis_t2: int = Field(default=400, ge=0, description="CFIS window end.")
+    use_masks: bool = Field(default=True, description="Restrict the loss to concept masks.")
+    include_eos_and_padding: bool = Field(
+        default=True, description="Loss tokens = concept ∪ EOS ∪ padding (official use_pooler)."
+    )
+    base: Literal["independent", "joint"] = Field(
+        default="independent",
+        description="independent: train on W0·M_k (CFR of the concept alone); joint: CFR of the set.",
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> LoraConfig:
+        if self.cfis_t2 <= self.cfis_t1:
+            raise ValueError(f"lora.cfis_t2 ({self.cfis_t2}) must exceed lora.cfis_t1 ({self.cfis_t1})")
+        return self
+
+
+class FusionConfig(_Section):
+    """Closed-form multi-LoRA fusion (paper Eq. 7) or naive sum (Eq. 6, ablation)."""
+
+    method: Literal["closed_form", "naive"] = Field(default="closed_form", description="Fusion form.")
+    lam: float = Field(default=0.0, ge=0.0, description="Weight of ||W - W_cfr||^2.")
+    prior_weight: float = Field(default=0.0, ge=0.0, description="Weight on the general prior Gram.")
+    domain_weight: float = Field(default=0.0, ge=0.0, description="pw: domain Gram relative weight.")
+
+
+class MaceConfig(_Section):
+    """A whole erasure job: the concepts plus one section per stage."""
+
+    name: str = Field(default="mace-run", min_length=1, max_length=100, description="Run name.")
+    seed: int = Field(default=2024, ge=0, description="Global seed; seed_k = hash(seed, concept).")
+    concepts: tuple[Concept, ...] = Field(description="Concepts to erase (at least one).")
+    model: ModelConfig = ModelConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    images: ImagesConfig = ImagesConfig()
+    masks: MasksConfig = MasksConfig()
+    prior: PriorConfig = PriorConfig()
+    cfr: CFRConfig = CFRConfig()
+    lora: LoraConfig = LoraConfig()
+    fusion: FusionConfig = FusionConfig()
+
+    @model_validator(mode="after")
+    def _concepts(self) -> MaceConfig:
+        if not self.concepts:
+            raise ValueError("concepts is empty: list at least one concept to erase")
+        seen: dict[str, str] = {}
+        for c in self.concepts:
+            if c.key in seen:
+                raise ValueError(f"duplicate concept {c.name!r}: list each concept once")
+            seen[c.key] = c.name
+        needs_prior = self.cfr.lam == 0 and self.cfr.prior_weight == 0
+        if needs_prior:
+            raise ValueError(
+                "cfr.lam and cfr.prior_weight are both 0, so the CFR system is singular: "
+                "set cfr.lam > 0 or cfr.prior_weight > 0"
+            )
+        if self.fusion.method == "closed_form" and self.fusion.lam == 0 and self.fusion.prior_weight == 0:
+            raise ValueError(
+                "fusion.lam and fusion.prior_weight are both 0, so the fusion system may be singular: "
+                "set fusion.lam > 0 or fusion.prior_weight > 0"
+            )
+        return self
