@@ -1,0 +1,1 @@
+"""Shared test helpers: tolerant comparisons and offline tokenizers."""
