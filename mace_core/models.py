@@ -81,7 +81,7 @@ def load_pipeline(path: str | os.PathLike, dtype: str = "float32", device: str =
 
     from diffusers import DiffusionPipeline
 
-    kwargs: dict = {"torch_dtype": DTYPES[dtype]}
+    kwargs: dict = {"dtype": DTYPES[dtype]}
     if is_local:
         kwargs["local_files_only"] = True
         with open(Path(source) / "model_index.json") as f:
