@@ -392,6 +392,7 @@ class ArtifactStore:
                  stale_after_s: float = 3600.0) -> None:
         self.stale_after_s = float(stale_after_s)
         self._hash_cache: dict[tuple[str, int, int, int, int], str] = {}
+        self._remote_cache: dict[tuple[str, int, str], str] = {}
         self._versions: dict[str, str] | None = None
         text = os.fspath(root)
         if not isinstance(text, str) or not text or "\x00" in text:
@@ -509,8 +510,8 @@ class ArtifactStore:
     def get(self, stage: str, key: str, *, verify: bool = True) -> ArtifactRef | None:
         """The artifact's ref, or None if absent. ``verify`` re-hashes its files (ArtifactCorrupt if changed).
 
-        For remote roots verification downloads the artifact into ``cache_dir`` (so :meth:`path` is then
-        free) and checks the local copy.
+        Hashes are cached per file identity (local: inode, mtime, ctime, size; remote: size and ETag or
+        modification time), never for files changed in the last two seconds.
         """
         m = self._read_manifest(check_stage(stage), check_key(key))
         if m is None:
@@ -519,10 +520,12 @@ class ArtifactStore:
         if verify:
             if self._local is not None:
                 problems = self._check_local(stage, key, m, self._adir(stage, key), cached=True)
-                if problems:
-                    raise ArtifactCorrupt(self._corrupt_msg(stage, key, problems))
             else:
-                self._fetch(m)
+                prefix = f"{stage}/{key}/"
+                listing = {rel[len(prefix):]: info for rel, info in self._remote_files(f"{stage}/{key}").items()}
+                problems = self._check_remote(stage, key, m, listing, cached=True)
+            if problems:
+                raise ArtifactCorrupt(self._corrupt_msg(stage, key, problems))
         return ref
 
     def manifest(self, ref: ArtifactRef) -> dict[str, Any]:
@@ -750,20 +753,22 @@ class ArtifactStore:
                                     "file list does not hash to the manifest digest (edited manifest)"))
         return problems
 
-    def _check_remote(self, stage: str, key: str, m: Mapping[str, Any],
-                      listing: Mapping[str, int]) -> list[Problem]:
-        """Problems of a remote artifact: ``listing`` maps paths relative to the artifact to sizes."""
+    def _check_remote(self, stage: str, key: str, m: Mapping[str, Any], listing: Mapping[str, Mapping[str, Any]],
+                      *, cached: bool) -> list[Problem]:
+        """Problems of a remote artifact; ``listing`` maps paths relative to the artifact to fsspec infos."""
         problems: list[Problem] = []
         up = m["upload"]
-        present = {rel[len(up) + 1:]: size for rel, size in listing.items() if rel.startswith(up + "/")}
+        present = {rel[len(up) + 1:]: info for rel, info in listing.items() if rel.startswith(up + "/")}
         for f in m["files"]:
             where = self._where(stage, key, f"{up}/{f['path']}")
-            size = present.pop(f["path"], None)
-            if size is None:
+            info = present.pop(f["path"], None)
+            size = None if info is None else int(info.get("size") or 0)
+            if info is None:
                 problems.append(Problem(where, "missing_file", "listed in manifest.json but absent"))
             elif size != f["size"]:
-                problems.append(Problem(where, "size_mismatch", f"{size} bytes, manifest says {f['size']}"))
-            elif self._hash_remote(self._rjoin(stage, key, up, f["path"])) != f["sha256"]:
+                problems.append(Problem(where, "size_mismatch", f"{size} bytes, manifest says {f['size']} "
+                                                                "(truncated or appended)"))
+            elif self._sha_remote(self._rjoin(stage, key, up, f["path"]), info, cached) != f["sha256"]:
                 problems.append(Problem(where, "modified_file", "sha256 differs from manifest (edited bytes)"))
         problems += [Problem(self._where(stage, key, f"{up}/{rel}"), "extra_file", "not listed in manifest.json")
                      for rel in present]
@@ -772,25 +777,35 @@ class ArtifactStore:
                                     "file list does not hash to the manifest digest (edited manifest)"))
         return problems
 
-    def _hash_remote(self, rpath: str) -> str:
+    def _sha_remote(self, rpath: str, info: Mapping[str, Any], cached: bool) -> str:
+        """sha256 of a remote file, streamed; cached on (path, size, ETag or modification time) if known."""
+        tag = next((info[k] for k in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "created")
+                    if info.get(k) is not None), None)
+        ident = (rpath, int(info.get("size") or 0), str(tag))
+        if cached and tag is not None and ident in self._remote_cache:
+            return self._remote_cache[ident]
         h = hashlib.sha256()
         with self._fs.open(rpath, "rb") as f:
             while block := f.read(_CHUNK):
                 h.update(block)
+        when = tag.timestamp() if isinstance(tag, datetime) else tag
+        racy = isinstance(when, (int, float)) and time.time() - float(when) <= _RACY_NS / 1e9
+        if tag is not None and not racy:
+            self._remote_cache[ident] = h.hexdigest()
         return h.hexdigest()
 
-    def _remote_files(self) -> dict[str, int]:
-        """Every remote file below the root, relative path -> size."""
+    def _remote_files(self, under: str = "") -> dict[str, dict[str, Any]]:
+        """Every remote file below the root (or below ``under``, relative to the root) -> fsspec info."""
         base = self._rpath.rstrip("/") + "/"
         try:
-            found = self._fs.find(self._rpath, detail=True)
+            found = self._fs.find(self._rjoin(under) if under else self._rpath, detail=True)
         except FileNotFoundError:
             return {}
         out = {}
         for name, info in found.items():
             name = "/" + name.lstrip("/") if base.startswith("/") else name
             if name.startswith(base) and info.get("type", "file") == "file":
-                out[name[len(base):]] = int(info.get("size") or 0)
+                out[name[len(base):]] = info
         return out
 
     def _fetch(self, m: Mapping[str, Any]) -> Path:
@@ -879,15 +894,15 @@ class ArtifactStore:
     def _verify_remote_tree(self, stage: str | None) -> list[Problem]:
         problems: list[Problem] = []
         files = self._remote_files()
-        groups: dict[tuple[str, str], dict[str, int]] = {}
-        for rel, size in files.items():
+        groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        for rel, info in files.items():
             parts = rel.split("/")
             if parts[0] == _RUNS and len(parts) == 2:
                 continue
             if (len(parts) >= 3 and _STAGE_RE.fullmatch(parts[0]) and parts[0] not in _RESERVED_STAGES
                     and _KEY_RE.fullmatch(parts[1])):
                 if stage is None or parts[0] == stage:
-                    groups.setdefault((parts[0], parts[1]), {})["/".join(parts[2:])] = size
+                    groups.setdefault((parts[0], parts[1]), {})["/".join(parts[2:])] = info
             elif stage is None:
                 problems.append(Problem(f"{self.root_url}/{rel}", "unexpected", "not part of any artifact"))
         for (st, key), listing in sorted(groups.items()):
@@ -899,7 +914,7 @@ class ArtifactStore:
                 continue
             up = m["upload"] if m is not None else None
             if m is not None:
-                problems += self._check_remote(st, key, m, listing)
+                problems += self._check_remote(st, key, m, listing, cached=False)
             for rel in listing:
                 head = rel.split("/", 1)[0]
                 if rel == _MANIFEST or head == up:
@@ -1013,9 +1028,12 @@ class ArtifactStore:
             try:
                 m = self._read_manifest(st, key)
             except ArtifactCorrupt:
-                m = None
+                broken.append((st, key))  # unreadable manifest: not an artifact
+                continue
             if m is None:
-                broken.append((st, key))
+                if self._local is not None:
+                    broken.append((st, key))  # local directory without manifest: tampering leftovers
+                # remote: uploads in progress; only stale ones go (below)
             else:
                 manifests[f"{st}/{key}"] = m
         by_digest: dict[str, list[str]] = {}
@@ -1249,11 +1267,12 @@ class ZarrContents(NamedTuple):
 
 
 def save_arrays_zarr(path: str | os.PathLike[str], arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None,
-                     chunks: int | tuple[int, ...] | None = None) -> None:
+                     chunks: int | tuple[int, ...] | Mapping[str, tuple[int, ...]] | None = None) -> None:
     """Write named arrays (numpy or CPU torch) as one zarr v3 group directory; dtypes and bits preserved.
 
-    ``chunks``: chunk shape for every array (None = zarr's automatic chunking). Empty chunks are written
-    too, so -0.0 and NaN payloads survive bit for bit.
+    ``chunks``: an int (chunk edge for every dimension), a shape (used for arrays of that rank), a dict
+    of shapes by array name, or None (zarr's automatic chunking). Empty chunks are written too, so -0.0
+    and NaN payloads survive bit for bit.
     """
     import zarr
 
@@ -1266,10 +1285,20 @@ def save_arrays_zarr(path: str | os.PathLike[str], arrays: Mapping[str, Any], at
             if not isinstance(name, str) or not _PART_RE.fullmatch(name):
                 raise StoreError(f"array name {_show(name)} is not allowed: use ASCII [A-Za-z0-9._-]")
             arr = _to_numpy(value, f"save_arrays_zarr[{name!r}]")
-            shape_chunks = "auto" if chunks is None or arr.ndim == 0 else chunks
+            shape_chunks = _chunk_shape(chunks, name, arr.shape)
             z = group.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=shape_chunks,
                                    config={"write_empty_chunks": True})
             z[...] = arr
+
+
+def _chunk_shape(chunks: Any, name: str, shape: tuple[int, ...]) -> Any:
+    if isinstance(chunks, Mapping):
+        chunks = chunks.get(name)
+    if chunks is None or not shape:
+        return "auto"
+    if isinstance(chunks, int):
+        return tuple(max(1, min(chunks, n)) for n in shape)
+    return tuple(chunks) if len(chunks) == len(shape) else "auto"
 
 
 def load_arrays_zarr(path: str | os.PathLike[str]) -> ZarrContents:
