@@ -495,7 +495,7 @@ class ArtifactStore:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         p = problems[0]
         return (f"artifact {stage}/{key} is corrupt: {p.kind} {p.path} ({p.detail}){more}; "
-                f"delete it (store.delete('{stage}', '{key}') or `mace artifacts gc`) and rerun to rebuild it")
+                "delete it (store.delete(stage, key) or `mace artifacts gc`) and rerun to rebuild it")
 
     # -- queries -------------------------------------------------------------------------------------------
 
