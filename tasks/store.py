@@ -226,6 +226,28 @@ def _reject_nonfinite(obj: Any, where: str) -> None:
             _reject_nonfinite(v, where)
 
 
+_SECRET_KEY_RE = re.compile(
+    r"(?i)(.*[_-])?(api[_-]?key|secret|secret[_-]?key|password|passwd|auth[_-]?token|access[_-]?token|"
+    r"credentials?|private[_-]?key)")
+
+
+def _reject_secrets(obj: Any, where: str) -> None:
+    """StoreError if a JSON value has a secret-looking key with a non-empty value (issue 9, item 3).
+
+    Manifests and run records are plain, shareable files; credentials belong in the environment or a
+    Prefect Secret block, never in config sections written next to artifacts.
+    """
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if _SECRET_KEY_RE.fullmatch(k) and v not in (None, "", False):
+                raise StoreError(f"{where}.{k} looks like a secret and would be written to a manifest; "
+                                 "read credentials from the environment or a Prefect Secret block instead")
+            _reject_secrets(v, f"{where}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _reject_secrets(v, f"{where}[{i}]")
+
+
 def canonical_json(obj: Any) -> str:
     """Deterministic JSON: sorted keys, no whitespace, ASCII; pydantic models, tuples and Paths normalised.
 
@@ -409,7 +431,7 @@ class ArtifactStore:
             except OSError as exc:
                 raise StoreError(f"cannot open artifact store at {self.root_url!r}: {_one_line(exc)}; "
                                  "give a writable directory") from None
-            cache = cache_dir or self._local / _STAGING
+            cache: str | os.PathLike[str] | None = cache_dir  # unused: local artifacts are read in place
         else:
             self._local = None
             self.root_url = _redact(text.rstrip("/"))
@@ -425,10 +447,15 @@ class ArtifactStore:
                                  "package and credentials") from None
             default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mace" / "artifacts"
             cache = cache_dir or default
-        self.cache_dir = Path(cache)
+        self.cache_dir: Path | None = Path(cache) if cache is not None else None
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.root_url!r})"
+
+    def _cache(self) -> Path:
+        assert self.cache_dir is not None
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        return self.cache_dir
 
     @property
     def is_local(self) -> bool:
@@ -504,7 +531,8 @@ class ArtifactStore:
         check_stage(stage)
         check_key(key)
         if self._local is not None:
-            return (self._adir(stage, key) / _MANIFEST).is_file()
+            adir = self._adir(stage, key)
+            return not adir.parent.is_symlink() and not adir.is_symlink() and (adir / _MANIFEST).is_file()
         return bool(self._fs.exists(self._rjoin(stage, key, _MANIFEST)))
 
     def get(self, stage: str, key: str, *, verify: bool = True) -> ArtifactRef | None:
@@ -608,10 +636,12 @@ class ArtifactStore:
         inputs_d = _check_inputs(inputs)
         config_j = _jsonable(config, "config")
         extra_j = _jsonable(extra, "extra")
+        _reject_secrets(config_j, "config")
+        _reject_secrets(extra_j, "extra")
         if version is not None and artifact_key(stage, version, config, inputs_d) != key:
             raise StoreError(f"key {key[:12]}... for stage {stage!r} is not artifact_key(stage, version, config, "
                              "inputs) of the values given to writer(); compute it with the same arguments")
-        base = self._safe_dir(self._local / _STAGING) if self._local is not None else self.cache_dir / _STAGING
+        base = self._safe_dir(self._local / _STAGING) if self._local is not None else self._cache() / _STAGING
         with _claim(base, f"{stage}.{key[:16]}", mkdir=True) as staging:
             t0 = time.perf_counter()
             yield staging
@@ -811,13 +841,12 @@ class ArtifactStore:
     def _fetch(self, m: Mapping[str, Any]) -> Path:
         """Verified local copy of a remote artifact in ``cache_dir/<digest>`` (downloaded once)."""
         stage, key, digest = m["stage"], m["key"], m["digest"]
-        dest = self.cache_dir / digest
+        dest = self._cache() / digest
         if (dest / _MANIFEST).is_file():
             if not self._check_local(stage, key, m, dest, cached=True):
                 return dest
             shutil.rmtree(dest, ignore_errors=True)  # damaged cache copy: fetch again
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with _claim(self.cache_dir / _STAGING, f"fetch.{digest[:16]}", mkdir=True) as tmp:
+        with _claim(self._cache() / _STAGING, f"fetch.{digest[:16]}", mkdir=True) as tmp:
             for f in m["files"]:
                 local = tmp / f["path"]
                 local.parent.mkdir(parents=True, exist_ok=True)
@@ -826,8 +855,8 @@ class ArtifactStore:
                 except FileNotFoundError:
                     pass  # reported as missing_file below
             # report remote locations, not our temporary copy
-            problems = [Problem(self._where(stage, key, f"{m['upload']}/{p.path[len(str(tmp)) + 1:]}"),
-                                p.kind, p.detail) if p.path.startswith(str(tmp) + "/") else p
+            problems = [Problem(self._where(stage, key, _MANIFEST if p.kind == "digest_mismatch" else
+                                            f"{m['upload']}/{p.path[len(str(tmp)) + 1:]}"), p.kind, p.detail)
                         for p in self._check_local(stage, key, m, tmp, cached=False)]
             if problems:
                 raise ArtifactCorrupt(self._corrupt_msg(stage, key, problems))
@@ -950,6 +979,7 @@ class ArtifactStore:
         doc = {"run_id": run_id, "created": created, "updated": _now(), "format": STORE_FORMAT_VERSION,
                "artifacts": [{"id": r.id, "stage": r.stage, "key": r.key, "digest": r.digest} for r in refs],
                "meta": _jsonable(meta, "meta")}
+        _reject_secrets(doc["meta"], "meta")
         data = json.dumps(doc, indent=1, sort_keys=True).encode()
         if self._local is None:
             self._fs.pipe_file(path, data)  # one object PUT: atomic on object stores
@@ -1049,7 +1079,7 @@ class ArtifactStore:
             for value in manifests[art_id]["inputs"].values():
                 if isinstance(value, str):
                     todo += [value] if _parse_id(value) else by_digest.get(value, [])
-        doomed = sorted(set(manifests) - live) + [f"{st}/{key}" for st, key in broken]
+        doomed = sorted((set(manifests) - live) | {f"{st}/{key}" for st, key in broken})
         removed = list(doomed)
         if not dry_run:
             for art_id in doomed:
@@ -1063,7 +1093,8 @@ class ArtifactStore:
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         self._fs.rm(self._url_to_rpath(entry), recursive=True)
-            _remove_orphans_quietly(self.cache_dir / _STAGING)
+            if self.cache_dir is not None:
+                _remove_orphans_quietly(self.cache_dir / _STAGING)
         return removed
 
     def _stale_uploads(self) -> list[str]:

@@ -156,3 +156,28 @@ def test_memory_store_rejects_hostile_names(mem_store: ArtifactStore) -> None:
         with pytest.raises(StoreError):
             mem_store.writer("lora", bad).__enter__()
     assert mem_store._remote_files() == {}
+
+
+@pytest.mark.parametrize("field", ["api_key", "llm_api_key", "OPENAI_API_KEY", "password", "aws_secret",
+                                   "access_token", "credentials"])
+def test_secret_looking_config_never_reaches_a_manifest(sandbox: tuple[ArtifactStore, Path], field: str) -> None:
+    store, base = sandbox
+    planted = "sk-PLANTED-0123456789"
+    config = {"augment": {"model": "gpt", field: planted}}
+    key = artifact_key("prompts", "1", config, {})
+    with pytest.raises(StoreError, match="looks like a secret") as info:
+        with store.writer("prompts", key, config=config):
+            pass
+    assert planted not in str(info.value)
+    with pytest.raises(StoreError, match="looks like a secret"):
+        store.record_run("r", [], {"cfg": {field: planted}})
+    assert all(planted not in p.read_text(errors="replace") for p in base.rglob("*") if p.is_file())
+
+
+def test_secret_like_names_with_empty_values_are_fine(sandbox: tuple[ArtifactStore, Path]) -> None:
+    store, _ = sandbox
+    config = {"api_key": None, "max_tokens": 77, "token_indices": [1, 2]}
+    key = artifact_key("prompts", "1", config, {})
+    with store.writer("prompts", key, config=config):
+        pass
+    assert store.has("prompts", key)
