@@ -105,6 +105,25 @@ def _check_W0(W0: Mapping[str, torch.Tensor], d: int) -> None:
             raise ValueError(f"W0[{name!r}] has shape {tuple(getattr(W, 'shape', ()))}: expected [d_out, {d}]")
 
 
+_CHUNK = 64  # concepts per dense-accumulator GEMM (dense route): bounds the pending low-rank rows
+
+
+def _flush_dense(
+    rows: dict[str, list[torch.Tensor]], cols: dict[str, list[torch.Tensor]], dense: dict[str, torch.Tensor]
+) -> None:
+    """``C^l += [s_k up_k^l]_k @ [down_k^l G_k]_k`` for the pending concepts, one GEMM per layer."""
+    for n in rows:
+        if not rows[n]:
+            continue
+        U, Y = torch.cat(cols[n], dim=1), torch.cat(rows[n])
+        if n in dense:
+            dense[n].addmm_(U, Y)
+        else:
+            dense[n] = U @ Y
+        rows[n].clear()
+        cols[n].clear()
+
+
 def fuse_closed_form(
     W0: Mapping[str, torch.Tensor],
     M: torch.Tensor,
@@ -159,13 +178,12 @@ def fuse_closed_form(
     dense: dict[str, torch.Tensor] = {}
     for k, term in enumerate(terms):
         G64 = _as_square64(f"terms[{k}].G", term.G, d)
-        R = R + G64
+        R.add_(G64)  # R is our own tensor; G64 may alias the caller's G and is never written
         key = id(term.base_remap)
         if key in g_by_base:
-            base, g_sum = g_by_base[key]
-            g_by_base[key] = (base, g_sum + G64)
+            g_by_base[key][1].add_(G64)
         else:
-            g_by_base[key] = (_as_square64(f"terms[{k}].base_remap", term.base_remap, d), G64)
+            g_by_base[key] = (_as_square64(f"terms[{k}].base_remap", term.base_remap, d), G64.clone())
         # 3. LoRA numerators down_k G_k, all layers of this concept in one GEMM
         factors = _lora_factors64(term.lora, W0, d, k)
         if not factors:
@@ -178,13 +196,12 @@ def fuse_closed_form(
             y = stacked[offset : offset + r]
             offset += r
             up = factors[n][1]  # already multiplied by s_k
-            if use_z:
-                rows[n].append(y)
-                cols[n].append(up)
-            elif n in dense:
-                dense[n].addmm_(up, y)
-            else:
-                dense[n] = up @ y
+            rows[n].append(y)
+            cols[n].append(up)
+        if not use_z and (k + 1) % _CHUNK == 0:
+            _flush_dense(rows, cols, dense)
+    if not use_z:
+        _flush_dense(rows, cols, dense)
     for base, g_sum in g_by_base.values():
         N = N + base @ g_sum
 
