@@ -68,6 +68,7 @@ __all__ = [
     "artifact_key",
     "canonical_json",
     "check_key",
+    "check_run_id",
     "check_stage",
     "load_arrays_zarr",
     "load_png",
@@ -112,8 +113,7 @@ class Problem:
 
     path: str
     kind: str  # missing_file | size_mismatch | modified_file | extra_file | not_regular | bad_manifest |
-    #            digest_mismatch | incomplete | unexpected | orphan_staging | orphan_upload | bad_run |
-    #            dangling_ref
+    #            digest_mismatch | incomplete | unexpected | orphan_staging | orphan_upload | bad_run
     detail: str
 
     def __str__(self) -> str:
@@ -151,7 +151,8 @@ def check_key(key: object) -> str:
     return key
 
 
-def _check_run_id(run_id: object) -> str:
+def check_run_id(run_id: object) -> str:
+    """Return ``run_id`` if usable as a run manifest name (validate a run name before expensive work)."""
     if not isinstance(run_id, str) or not _RUN_RE.fullmatch(run_id):
         raise StoreError(
             f"invalid run id {_show(run_id)}: use 1-128 characters of [A-Za-z0-9._-] starting with a letter "
@@ -231,6 +232,9 @@ _SECRET_KEY_RE = re.compile(
     r"credentials?|private[_-]?key)")
 
 
+_URL_CREDENTIALS_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s@:]*:[^/\s@]+@", re.IGNORECASE)
+
+
 def _reject_secrets(obj: Any, where: str) -> None:
     """StoreError if a JSON value has a secret-looking key with a non-empty value (issue 9, item 3).
 
@@ -246,6 +250,9 @@ def _reject_secrets(obj: Any, where: str) -> None:
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
             _reject_secrets(v, f"{where}[{i}]")
+    elif isinstance(obj, str) and _URL_CREDENTIALS_RE.search(obj):
+        raise StoreError(f"{where} is a URL with embedded credentials and would be written to a manifest; "
+                         "pass credentials through the environment instead")
 
 
 def canonical_json(obj: Any) -> str:
@@ -960,7 +967,7 @@ class ArtifactStore:
     # -- runs ------------------------------------------------------------------------------------------
 
     def _run_path(self, run_id: str) -> str:
-        _check_run_id(run_id)
+        check_run_id(run_id)
         if self._local is not None:
             return str(self._local / _RUNS / f"{run_id}.json")
         return self._rjoin(_RUNS, f"{run_id}.json")

@@ -181,3 +181,16 @@ def test_secret_like_names_with_empty_values_are_fine(sandbox: tuple[ArtifactSto
     with store.writer("prompts", key, config=config):
         pass
     assert store.has("prompts", key)
+
+
+def test_url_with_credentials_never_reaches_a_manifest(sandbox: tuple[ArtifactStore, Path]) -> None:
+    store, _ = sandbox
+    config = {"llm_base_url": "https://user:sk-PLANTED@llm.example/v1"}
+    key = artifact_key("prompts", "1", config, {})
+    with pytest.raises(StoreError, match="credentials") as info:
+        with store.writer("prompts", key, config=config):
+            pass
+    assert "PLANTED" not in str(info.value)
+    plain = {"llm_base_url": "https://llm.example:8443/v1"}  # a port is not a password
+    with store.writer("prompts", artifact_key("prompts", "1", plain, {}), config=plain):
+        pass
