@@ -135,6 +135,21 @@ class FusionConfig(_Section):
     domain_weight: float = Field(default=0.0, ge=0.0, description="pw: domain Gram relative weight.")
 
 
+class ExecutionConfig(_Section):
+    """How the pipeline runs (never part of an artifact key: changing these reuses every artifact)."""
+
+    store: str = Field(
+        default="artifacts", min_length=1,
+        description="Artifact store root: a local directory or any fsspec URL (e.g. 's3://bucket/mace').",
+    )
+    lora_concurrency: int = Field(
+        default=1, ge=1, le=64,
+        description="LoRA trainings run at once in this process (each holds its own model copy; 1 on CPU).",
+    )
+    retries: int = Field(default=2, ge=0, le=10, description="Retries of a task on a transient error.")
+    retry_delay_s: float = Field(default=2.0, ge=0.0, le=3600.0, description="Seconds between retries.")
+
+
 class MaceConfig(_Section):
     """A whole erasure job: the concepts plus one section per stage."""
 
@@ -149,6 +164,7 @@ class MaceConfig(_Section):
     cfr: CFRConfig = CFRConfig()
     lora: LoraConfig = LoraConfig()
     fusion: FusionConfig = FusionConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     @model_validator(mode="after")
     def _concepts(self) -> MaceConfig:
@@ -170,4 +186,28 @@ class MaceConfig(_Section):
                 "fusion.lam and fusion.prior_weight are both 0, so the fusion system may be singular: "
                 "set fusion.lam > 0 or fusion.prior_weight > 0"
             )
+        return self
+
+
+class EvaluationConfig(_Section):
+    """The paper's erasure protocol on one model: seeded images for erased, kept and synonym prompts."""
+
+    model: str = Field(description="Pipeline dir / hub id / 'miniworld' to evaluate.")
+    erased: tuple[Concept, ...] = Field(default=(), description="Concepts expected to be gone (Acc_e, Acc_g).")
+    kept: tuple[Concept, ...] = Field(default=(), description="Concepts expected to remain (Acc_s).")
+    seeds_per_prompt: int = Field(default=8, ge=1, le=1000, description="Images per prompt.")
+    steps: int = Field(default=20, ge=1, le=1000, description="Sampler steps.")
+    guidance_scale: float = Field(default=7.5, ge=0.0, le=50.0, description="CFG scale.")
+    batch_size: int = Field(default=16, ge=1, le=512, description="Images per forward batch.")
+    recogniser: Literal["miniworld"] = Field(default="miniworld", description="Who judges the images.")
+    prompts: Literal["paper", "miniworld"] = Field(
+        default="miniworld", description="paper: the paper's templates; miniworld: the world's caption grammar."
+    )
+    with_synonyms: bool = Field(default=True, description="Score erased concepts' synonyms (Acc_g).")
+    store: str = Field(default="artifacts", min_length=1, description="Artifact store root or fsspec URL.")
+
+    @model_validator(mode="after")
+    def _groups(self) -> EvaluationConfig:
+        if not self.erased and not self.kept:
+            raise ValueError("evaluation has no concepts: list erased and/or kept concepts")
         return self

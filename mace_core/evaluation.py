@@ -18,7 +18,7 @@ from typing import Literal
 from PIL import Image
 
 from mace_core.concepts import Concept
-from mace_core.generate import generate_images
+from mace_core import generate as core_generate
 from mace_core.metrics import harmonic_celebrities, harmonic_objects
 from mace_core.seeds import concept_seed
 
@@ -116,19 +116,23 @@ def evaluate(
     guidance_scale: float,
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    on_images: Callable[[Sequence[EvalItem], list[Image.Image]], None] | None = None,
 ) -> EvalResult:
     """Generate every item's image with its own seed and score it with ``recognise``.
 
     ``recognise(images, items)`` returns, per image, whether it shows the prompted concept. Accuracy of a
-    group is the fraction of its images recognised (Acc_e for "erased": lower is better).
+    group is the fraction of its images recognised (Acc_e for "erased": lower is better). ``on_images``
+    receives each generated batch (e.g. to save it) before scoring.
     """
     if not items:
         raise ValueError("no evaluation items: pass at least one erased or kept concept")
     rows: list[dict] = []
     for start in range(0, len(items), batch_size):
         chunk = list(items[start : start + batch_size])
-        images = generate_images(pipe, [it.prompt for it in chunk], [it.seed for it in chunk],
+        images = core_generate.generate_images(pipe, [it.prompt for it in chunk], [it.seed for it in chunk],
                                  steps=steps, guidance_scale=guidance_scale, batch_size=batch_size)
+        if on_images is not None:
+            on_images(chunk, images)
         verdicts = list(recognise(images, chunk))
         if len(verdicts) != len(chunk):
             raise ValueError(f"recogniser returned {len(verdicts)} verdicts for {len(chunk)} images")
