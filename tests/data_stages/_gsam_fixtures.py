@@ -1,0 +1,47 @@
+"""Tiny local components for the Grounded-SAM tests: a BERT directory and a SAM (install_notes.md sections 1-2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", "a", "the", "cat", "dog", "red", "photo", "of", "melania", "trump"]
+
+
+def write_tiny_bert(directory: Path) -> Path:
+    """A 2-layer, 32-wide random BERT with a 16-word vocabulary, saved as a local ``text_encoder_type`` dir."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(directory)
+    BertTokenizer(str(directory / "vocab.txt")).save_pretrained(directory)
+    return directory
+
+
+def tiny_sam(img_size: int = 64, seed: int = 0):
+    """A ~0.2 M-parameter SAM with segment-anything's real modules (milliseconds per image)."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(seed)
+    grid = img_size // 16
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=2, embed_dim=64, img_size=img_size, num_heads=2, patch_size=16, window_size=4,
+            global_attn_indexes=(1,), use_rel_pos=True, out_chans=32,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=32, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size), mask_in_chans=16
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=32,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2),
+            iou_head_hidden_dim=32,
+        ),
+    )
