@@ -471,3 +471,38 @@ class GroundedSam:
             masks.append(union)
             records.append(Detection(**record, outcome="detected"))
         return masks, records
+
+
+def overlay_preview(
+    image: Any,
+    mask: np.ndarray | None,
+    detection: Detection | None = None,
+    colour: tuple[int, int, int] = (255, 0, 64),
+    alpha: float = 0.45,
+) -> Any:
+    """A PIL RGB preview for the UI: ``mask`` tinted with ``colour`` over ``image``, boxes outlined.
+
+    Args:
+        image: the PIL image the mask was computed on.
+        mask: bool ``[H, W]`` (``None`` for a skipped image: the preview is the image, boxes only).
+        detection: its :class:`Detection` (boxes drawn when given).
+        colour: RGB tint of masked pixels.
+        alpha: tint opacity in [0, 1].
+    """
+    from PIL import Image, ImageDraw
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} must lie in [0, 1]")
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    if mask is not None:
+        if mask.shape != rgb.shape[:2]:
+            raise ValueError(f"mask has shape {mask.shape}, image is {rgb.shape[:2]}: pass the mask of this image")
+        tint = np.asarray(colour, dtype=np.float32)
+        rgb = np.where(mask[..., None], (1 - alpha) * rgb + alpha * tint, rgb)
+    preview = Image.fromarray(rgb.round().clip(0, 255).astype(np.uint8), "RGB")
+    if detection is not None:
+        draw = ImageDraw.Draw(preview)
+        for box in detection.boxes_xyxy:
+            draw.rectangle(box, outline=colour, width=2)
+    return preview
+

@@ -270,3 +270,16 @@ def test_unsafe_pickle_is_refused(tmp_path):
         gs.build_sam(tiny_sam, tmp_path / "pickled.pth")
     sam, _ = gs.build_sam(tiny_sam, tmp_path / "pickled.pth", trust_checkpoints=True)
     assert isinstance(sam, torch.nn.Module)
+
+
+def test_overlay_preview():
+    image = Image.new("RGB", (8, 6), (0, 0, 0))
+    mask = np.zeros((6, 8), dtype=bool)
+    mask[1:3, 1:3] = True
+    det = gs.Detection(1, (0.9,), ((4.0, 3.0, 7.0, 5.0),), ("cat",), "detected")
+    out = np.asarray(gs.overlay_preview(image, mask, det, colour=(200, 0, 0), alpha=0.5))
+    assert out.shape == (6, 8, 3) and tuple(out[1, 1]) == (100, 0, 0) and tuple(out[0, 0]) == (0, 0, 0)
+    assert tuple(out[3, 4]) == (200, 0, 0)  # box outline
+    assert np.asarray(gs.overlay_preview(image, None)).sum() == 0
+    with pytest.raises(ValueError, match="mask has shape"):
+        gs.overlay_preview(image, np.zeros((2, 2), dtype=bool))
