@@ -232,7 +232,16 @@ _SECRET_KEY_RE = re.compile(
     r"credentials?|private[_-]?key)")
 
 
-_URL_CREDENTIALS_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s@:]*:[^/\s@]+@", re.IGNORECASE)
+def _has_url_credentials(text: str) -> bool:
+    """True if ``text`` holds a URL with ``user:password@`` (linear time, even for huge strings)."""
+    start = 0
+    while (i := text.find("://", start)) != -1:
+        authority = re.match(r"[^/\s]{0,512}", text[i + 3:i + 3 + 512])
+        userinfo, at, _ = authority.group(0).rpartition("@") if authority else ("", "", "")
+        if at and ":" in userinfo:
+            return True
+        start = i + 3
+    return False
 
 
 def _reject_secrets(obj: Any, where: str) -> None:
@@ -250,7 +259,7 @@ def _reject_secrets(obj: Any, where: str) -> None:
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
             _reject_secrets(v, f"{where}[{i}]")
-    elif isinstance(obj, str) and _URL_CREDENTIALS_RE.search(obj):
+    elif isinstance(obj, str) and _has_url_credentials(obj):
         raise StoreError(f"{where} is a URL with embedded credentials and would be written to a manifest; "
                          "pass credentials through the environment instead")
 
@@ -354,6 +363,13 @@ def _write_file_durable(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _seal(manifest: dict[str, Any]) -> bytes:
+    """Serialise a manifest with ``seal`` = sha256 of its canonical JSON (so any edit is detected)."""
+    body = {k: v for k, v in manifest.items() if k != "seal"}
+    sealed = {**body, "seal": hashlib.sha256(canonical_json(body).encode("ascii")).hexdigest()}
+    return json.dumps(sealed, indent=1, sort_keys=True).encode()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -372,6 +388,13 @@ def _parse_manifest(raw: bytes, stage: str, key: str, *, remote: bool) -> dict[s
     m = json.loads(raw.decode("utf-8"))
     if not isinstance(m, dict):
         raise ValueError("manifest is not a JSON object")
+    body = {k: v for k, v in m.items() if k != "seal"}
+    try:
+        sealed = hashlib.sha256(canonical_json(body).encode("ascii")).hexdigest() == m.get("seal")
+    except TypeError:
+        sealed = False
+    if not sealed:
+        raise ValueError("manifest does not match its seal (edited after it was written)")
     if m.get("format") != STORE_FORMAT_VERSION:
         raise ValueError(f"manifest format {_show(m.get('format'))}, this store reads {STORE_FORMAT_VERSION!r}")
     if m.get("stage") != stage or m.get("key") != key:
@@ -686,7 +709,7 @@ class ArtifactStore:
 
     def _publish_local(self, stage: str, key: str, staging: Path, manifest: dict[str, Any]) -> bool:
         """Manifest last, then one atomic directory rename; False if another writer got there first."""
-        _write_file_durable(staging / _MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        _write_file_durable(staging / _MANIFEST, _seal(manifest))
         for dirpath, _, _ in os.walk(staging):
             _fsync_dir(dirpath)
         final = self._adir(stage, key)
@@ -719,7 +742,7 @@ class ArtifactStore:
                 self._fs.put_file(str(staging / f["path"]), f"{prefix}/{f['path']}")
             if self._fs.exists(mpath):
                 raise FileExistsError(mpath)
-            self._fs.pipe_file(mpath, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            self._fs.pipe_file(mpath, _seal(manifest))
         except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 self._fs.rm(prefix, recursive=True)
@@ -867,7 +890,7 @@ class ArtifactStore:
                         for p in self._check_local(stage, key, m, tmp, cached=False)]
             if problems:
                 raise ArtifactCorrupt(self._corrupt_msg(stage, key, problems))
-            (tmp / _MANIFEST).write_bytes(json.dumps(m, indent=1, sort_keys=True).encode())
+            (tmp / _MANIFEST).write_bytes(_seal(dict(m)))
             try:
                 os.rename(tmp, dest)
             except OSError as exc:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 import os
 from pathlib import Path
 
 import pytest
 
+from tasks.store import _seal
 from tasks.store import (ArtifactCorrupt, ArtifactRef, ArtifactStore, StoreError, artifact_key, check_key,
                          check_stage)
 
@@ -127,7 +129,7 @@ def test_tampered_manifest_paths_never_escape(sandbox: tuple[ArtifactStore, Path
     mpath = store.path(ref) / "manifest.json"
     m = json.loads(mpath.read_text())
     m["files"][0]["path"] = "../../../victim.txt"
-    mpath.write_text(json.dumps(m))
+    mpath.write_bytes(_seal(m))  # an attacker who also re-seals the manifest
     with pytest.raises(ArtifactCorrupt, match="invalid file entry") as info:
         store.get(ref.stage, ref.key)
     _assert_one_line(info.value)
@@ -194,3 +196,13 @@ def test_url_with_credentials_never_reaches_a_manifest(sandbox: tuple[ArtifactSt
     plain = {"llm_base_url": "https://llm.example:8443/v1"}  # a port is not a password
     with store.writer("prompts", artifact_key("prompts", "1", plain, {}), config=plain):
         pass
+
+
+def test_secret_scan_is_linear_on_huge_values(sandbox: tuple[ArtifactStore, Path]) -> None:
+    store, _ = sandbox
+    config = {"blob": "x" * 200_000 + "://" * 20_000, "url": "s3://bucket/a:b@c"}  # '@' after '/': no userinfo
+    key = artifact_key("prompts", "1", config, {})
+    t0 = time.perf_counter()
+    with store.writer("prompts", key, config=config):
+        pass
+    assert time.perf_counter() - t0 < 2 and store.has("prompts", key)

@@ -187,8 +187,15 @@ def test_edited_manifest_detected(local_store: ArtifactStore) -> None:
     m = json.loads(mpath.read_text())
     (local_store.path(ref, verify=False) / "data.bin").write_bytes(b"abd")
     m["files"][0]["sha256"] = store_mod._hash_file(local_store.path(ref, verify=False) / "data.bin")[0]
-    mpath.write_text(json.dumps(m))  # consistent file hash, stale digest
+    mpath.write_text(json.dumps(m))  # consistent file hash, but the manifest's seal is broken
+    with pytest.raises(ArtifactCorrupt, match="seal"):
+        local_store.get(ref.stage, ref.key)
+    mpath.write_bytes(store_mod._seal(m))  # re-sealed too: the stale digest still gives it away
     with pytest.raises(ArtifactCorrupt, match="digest_mismatch"):
+        local_store.get(ref.stage, ref.key)
+    m["config"] = {"payload": "edited"}
+    mpath.write_text(json.dumps({**m, "seal": json.loads(mpath.read_text())["seal"]}))
+    with pytest.raises(ArtifactCorrupt, match="seal"):  # recorded config edited
         local_store.get(ref.stage, ref.key)
     mpath.write_text("{not json")
     with pytest.raises(ArtifactCorrupt, match="bad_manifest"):
