@@ -10,7 +10,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from tasks.store import ArtifactStore, artifact_key
+from tasks.store import ArtifactCorrupt, ArtifactRef, ArtifactStore, artifact_key
 
 from ._proc import popen_py, run_py
 
@@ -306,3 +306,54 @@ def test_gc_racing_a_writer_process(tmp_path: Path) -> None:
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
     assert store.get("lora", KEY) is not None and store.verify() == []
+
+
+# -- one corrupted byte in every file of every artifact kind -------------------------------------------------
+
+
+def _write_every_kind(store: ArtifactStore) -> list[ArtifactRef]:
+    """One artifact per format (safetensors, zarr, parquet, PNG, json); return their refs."""
+    import numpy as np
+    import torch
+
+    from tasks import store as st
+
+    writers = {
+        "lora": lambda d: st.save_tensors(d / "lora.safetensors",
+                                          {"down": torch.randn(4, 16), "up": torch.randn(16, 4)}),
+        "stats": lambda d: st.save_arrays_zarr(d / "stats.zarr", {"A": np.random.rand(16, 16), "G": np.eye(16)},
+                                               attrs={"n": 3}, chunks=8),
+        "prompts": lambda d: st.save_table(d / "table.parquet", [{"erased": "a cat", "mapping": "a"}] * 5),
+        "masks": lambda d: st.save_png(d / "0000.png", np.random.rand(8, 8) > 0.5),
+        "captions": lambda d: (d / "count.json").write_text('{"count": 12}'),
+    }
+    refs = []
+    for stage, write in writers.items():
+        key = artifact_key(stage, "1", {}, {})
+        with store.writer(stage, key) as d:
+            write(d)
+        ref = store.get(stage, key)
+        assert ref is not None
+        refs.append(ref)
+    return refs
+
+
+def test_one_flipped_byte_in_any_file_is_caught(tmp_path: Path) -> None:
+    """Every file of every kind, manifest included: flip its middle byte -> ArtifactCorrupt naming it."""
+    store = ArtifactStore(tmp_path / "root")
+    refs = _write_every_kind(store)
+    n = 0
+    for ref in refs:
+        adir = store.path(ref)
+        for f in sorted(p for p in adir.rglob("*") if p.is_file()):
+            data = f.read_bytes()
+            mid = len(data) // 2
+            f.write_bytes(data[:mid] + bytes([data[mid] ^ 0x01]) + data[mid + 1:])
+            with pytest.raises(ArtifactCorrupt, match=f.name):
+                store.get(ref.stage, ref.key)
+            problems = store.verify()
+            assert len(problems) == 1 and problems[0].path.endswith(f.relative_to(adir).as_posix()), problems
+            f.write_bytes(data)
+            assert store.get(ref.stage, ref.key) == ref and store.verify() == []
+            n += 1
+    assert n >= 10  # the zarr group alone has several files
