@@ -98,3 +98,11 @@ def test_key_rejects_non_string_inputs(inputs: object) -> None:
 def test_key_rejects_empty_version() -> None:
     with pytest.raises(StoreError, match="version"):
         artifact_key("lora", "", {}, {})
+
+
+def test_store_imports_no_prefect_and_no_torch() -> None:
+    """The store sits below Prefect, and `mace artifacts ls` must not pay for importing torch."""
+    code = "import sys, tasks.store; print(sorted(m for m in ('prefect', 'torch', 'zarr') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == "[]"
