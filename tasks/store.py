@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, overload
 
 from pydantic import BaseModel
 
@@ -379,7 +379,7 @@ def _redact(url: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", url)
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())[:300]
 
 
@@ -534,7 +534,7 @@ class ArtifactStore:
             except (FileNotFoundError, NotADirectoryError):
                 return None
         try:
-            return self._fs.cat_file(self._rjoin(check_stage(stage), check_key(key), _MANIFEST))
+            return bytes(self._fs.cat_file(self._rjoin(check_stage(stage), check_key(key), _MANIFEST)))
         except FileNotFoundError:
             return None
 
@@ -761,13 +761,13 @@ class ArtifactStore:
                 return False
             self._remove_local(adir)
             return True
-        adir = self._rjoin(stage, key)
-        if not self._fs.exists(adir):
+        rdir = self._rjoin(stage, key)
+        if not self._fs.exists(rdir):
             return False
         with contextlib.suppress(FileNotFoundError):
-            self._fs.rm_file(f"{adir}/{_MANIFEST}")
+            self._fs.rm_file(f"{rdir}/{_MANIFEST}")
         with contextlib.suppress(FileNotFoundError):
-            self._fs.rm(adir, recursive=True)
+            self._fs.rm(rdir, recursive=True)
         return True
 
     def _remove_local(self, path: Path) -> None:
@@ -870,7 +870,7 @@ class ArtifactStore:
 
     def _fetch(self, m: Mapping[str, Any]) -> Path:
         """Verified local copy of a remote artifact in ``cache_dir/<digest>`` (downloaded once)."""
-        stage, key, digest = m["stage"], m["key"], m["digest"]
+        stage, key, digest = str(m["stage"]), str(m["key"]), str(m["digest"])
         dest = self._cache() / digest
         if (dest / _MANIFEST).is_file():
             if not self._check_local(stage, key, m, dest, cached=True):
@@ -1312,19 +1312,33 @@ def load_tensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-class ZarrContents(NamedTuple):
-    """What :func:`load_arrays_zarr` returns: unpacks as ``arrays, attrs``.
+class ZarrContents:
+    """What :func:`load_arrays_zarr` returns: unpacks as ``arrays, attrs`` (like a 2-tuple).
 
     ``contents["name"]`` is a shortcut for ``contents.arrays["name"]``.
     """
 
-    arrays: dict[str, np.ndarray]
-    attrs: dict[str, Any]
+    def __init__(self, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+        self.arrays = arrays
+        self.attrs = attrs
 
-    def __getitem__(self, item: Any) -> Any:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.arrays, self.attrs))
+
+    def __len__(self) -> int:
+        return 2
+
+    @overload
+    def __getitem__(self, item: str) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, item: int) -> Any: ...
+    def __getitem__(self, item: str | int) -> Any:
         if isinstance(item, str):
             return self.arrays[item]
-        return tuple.__getitem__(self, item)
+        return (self.arrays, self.attrs)[item]
+
+    def __repr__(self) -> str:
+        return f"ZarrContents(arrays={sorted(self.arrays)}, attrs={self.attrs!r})"
 
 
 def save_arrays_zarr(path: str | os.PathLike[str], arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None,

@@ -112,6 +112,7 @@ def test_killed_during_record_run_keeps_old_run(tmp_path: Path) -> None:
     run_py(write_child(root), check=True)
     store = ArtifactStore(root)
     ref = store.get("lora", KEY)
+    assert ref is not None
     store.record_run("r1", [ref], {"v": 1})
     code = f"""
 import os, tasks.store as st
@@ -273,7 +274,9 @@ def test_threads_write_same_key_memory(tmp_path: Path) -> None:
         assert errors == []
         _assert_whole(store, "lora", KEY)
         # a losing upload may remain only if it lost after the last check; gc removes it
-        store.record_run("r", [store.get("lora", KEY)], {})
+        ref = store.get("lora", KEY)
+        assert ref is not None
+        store.record_run("r", [ref], {})
         store.gc()
         assert store.verify() == []
     finally:

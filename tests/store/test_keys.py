@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict
@@ -75,7 +76,7 @@ def test_key_pydantic_equals_its_json_dump() -> None:
     ("inputs", {**INPUTS, "prior": "d" * 64}),
 ])
 def test_key_changes_with_every_part(change: tuple[str, object]) -> None:
-    args = {"stage": "lora", "version": "1", "config": CONFIG, "inputs": INPUTS}
+    args: dict[str, Any] = {"stage": "lora", "version": "1", "config": CONFIG, "inputs": INPUTS}
     base = artifact_key(**args)
     args[change[0]] = change[1]
     assert artifact_key(**args) != base

@@ -77,7 +77,7 @@ def test_concurrent_writer_winner_is_kept(store: ArtifactStore) -> None:
         with store.writer("lora", key) as inner:
             (inner / "w.bin").write_bytes(b"inner")
         first = store.get("lora", key)
-    assert store.get("lora", key) == first  # the later commit was discarded
+    assert first is not None and store.get("lora", key) == first  # the later commit was discarded
     assert (store.path(first) / "w.bin").read_bytes() == b"inner"
     assert store.verify() == []
 
@@ -216,9 +216,14 @@ def test_manifest_deleted_makes_artifact_invisible_and_rewritable(local_store: A
 def test_hash_cache_still_sees_rewrites(local_store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> None:
     ref = put(local_store, payload=b"0123456789")
     data = local_store.path(ref, verify=False) / "data.bin"
-    calls = []
+    calls: list[str] = []
     real = store_mod._hash_file
-    monkeypatch.setattr(store_mod, "_hash_file", lambda p, **kw: calls.append(str(p)) or real(p, **kw))
+
+    def counting(p: Path, **kw: bool) -> tuple[str, int]:
+        calls.append(str(p))
+        return real(p, **kw)
+
+    monkeypatch.setattr(store_mod, "_hash_file", counting)
     monkeypatch.setattr(store_mod, "_RACY_NS", 0)  # treat every file as old enough to cache
     local_store.get(ref.stage, ref.key)
     n = len(calls)
