@@ -1,0 +1,259 @@
+"""Flow ``mace-erase``: a concept list -> a concept-erased diffusers model (DESIGN.md stages).
+
+The flow is wiring only: every step is a cached task over the artifact store, so a second run of the same
+config is all store hits, and a grown concept set recomputes only what the new concept changes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow, get_run_logger, tags
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from mace_core.concepts import Concept
+from mace_core.config import MaceConfig
+from mace_core.prompts import TEMPLATES
+from tasks._cache import LEDGER, RUN_SCOPE, StageEvent, files_digest, model_dir, open_store
+from tasks.cfr import cfr_concept_task, cfr_task
+from tasks.export import export_task, pipeline_dir
+from tasks.fusion import fusion_task
+from tasks.images import images_task
+from tasks.lora import lora_task
+from tasks.masks import BACKENDS, masks_task, uses_masks
+from tasks.prior import caption_path
+from tasks.prompts import prompts_task
+from tasks.stats import stats_task
+
+# Stage order for reports (set stages after per-concept ones).
+STAGES = ("captions", "prior_shard", "prior", "domain_prior", "prompts", "images", "masks", "stats",
+          "cfr_concept", "cfr", "lora", "fusion", "export")
+
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageRow:
+    stage: str
+    hits: int = 0
+    misses: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class RunReport:
+    """What a run did: its concepts, output, and per-stage cache hits/misses and body time."""
+
+    run_id: str
+    concepts: list[str]
+    output: str
+    refs: dict[str, str]
+    stages: list[StageRow] = field(default_factory=list)
+    wall_s: float = 0.0  # flow body wall time
+    busy_s: float = 0.0  # union of task-body intervals (time inside task bodies)
+
+    @property
+    def hits(self) -> int:
+        return sum(r.hits for r in self.stages)
+
+    @property
+    def misses(self) -> int:
+        return sum(r.misses for r in self.stages)
+
+    def row(self, stage: str) -> StageRow:
+        return next((r for r in self.stages if r.stage == stage), StageRow(stage))
+
+
+def summarise(events: list[StageEvent]) -> tuple[list[StageRow], float]:
+    """Per-stage hit/miss counts and body seconds, plus the union length of all body intervals."""
+    rows: dict[str, StageRow] = {}
+    for e in events:
+        row = rows.setdefault(e.stage, StageRow(e.stage))
+        row.hits += e.hit is True
+        row.misses += e.hit is False
+        row.seconds += e.seconds
+    order = {s: i for i, s in enumerate(STAGES)}
+    spans = sorted((e.start, e.end or e.start) for e in events)
+    busy, cur_s, cur_e = 0.0, None, None
+    for s, e in spans:
+        if cur_e is None or s > cur_e:
+            busy += (cur_e - cur_s) if cur_e is not None else 0.0
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    busy += (cur_e - cur_s) if cur_e is not None else 0.0
+    return sorted(rows.values(), key=lambda r: order.get(r.stage, 99)), busy
+
+
+@contextmanager
+def run_scope() -> Iterator[str]:
+    """Tag every task body started inside the block (and its threads) with one scope id."""
+    scope = uuid.uuid4().hex
+    token = RUN_SCOPE.set(scope)
+    try:
+        yield scope
+    finally:
+        RUN_SCOPE.reset(token)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input checks: cheap, before any model work (CLI calls them before Prefect even starts)
+# ----------------------------------------------------------------------------------------------------
+
+
+def needs_prior(cfg: MaceConfig) -> bool:
+    """The general prior P is read iff CFR or closed-form fusion gives it a positive weight."""
+    fusion_prior = cfg.fusion.method == "closed_form" and cfg.fusion.prior_weight > 0
+    return cfg.cfr.prior_weight > 0 or fusion_prior
+
+
+def needs_domain(cfg: MaceConfig) -> bool:
+    """The domain prior D is built iff a retain list is given and some prior term weights it."""
+    weighted = (cfg.cfr.prior_weight > 0 and cfg.cfr.domain_weight > 0) or (
+        cfg.fusion.method == "closed_form" and cfg.fusion.prior_weight > 0 and cfg.fusion.domain_weight > 0)
+    return bool(cfg.prior.retain) and weighted
+
+
+def dominant_type(concepts: tuple[Concept, ...]) -> str:
+    types = [c.type for c in concepts]
+    return max(sorted(set(types)), key=types.count)
+
+
+def check_inputs(cfg: MaceConfig) -> None:
+    """Raise a one-line ValueError/FileNotFoundError naming the field for anything that would fail later."""
+    # 1. model: a local pipeline directory (no download is ever attempted)
+    model_dir(cfg.model.path)
+    if cfg.model.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"model.device={cfg.model.device!r} but no CUDA device is available: use 'cpu'")
+    # 2. priors: caption files exist when a prior term is weighted
+    if needs_prior(cfg):
+        caption_path(cfg.prior.captions)
+        for x in cfg.prior.exclude:
+            caption_path(x)
+    # 3. stages this build implements
+    if cfg.prompts.backend != "templates":
+        raise ValueError(f"prompts.backend={cfg.prompts.backend!r} is not available: use 'templates'")
+    if cfg.masks.backend not in BACKENDS:
+        raise ValueError(
+            f"masks.backend={cfg.masks.backend!r} is not available (no detector weights can be shipped): "
+            f"use one of {', '.join(BACKENDS)}"
+        )
+    # 4. every concept can fill prompts.num_prompts template pairs
+    for c in cfg.concepts:
+        capacity = len(TEMPLATES[c.type]) * (1 + len(c.synonyms))
+        if cfg.prompts.num_prompts > capacity:
+            raise ValueError(
+                f"prompts.num_prompts={cfg.prompts.num_prompts} exceeds the {capacity} template prompts of concept "
+                f"{c.name!r}: lower it or add synonyms"
+            )
+    # 5. the store opens (bad URL / permissions fail here, not after training)
+    open_store(cfg.execution.store)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The flow
+# ----------------------------------------------------------------------------------------------------
+
+
+def run_tags(cfg: MaceConfig) -> list[str]:
+    """Tags of every task run of a run: ``mace``, ``run:<name>`` and ``concept:<name>`` for each concept.
+
+    One shared tag set per run (not one per task) on purpose: Prefect 3.8 checks tag concurrency limits
+    per distinct tag set, ~2 s for each new set on 2 cores, which made an all-hits rerun of two concepts
+    take 15 s instead of 1 s. The stage and concept of a task run are in its name (``lora-cat``).
+    """
+    return ["mace", f"run:{cfg.name}", *(f"concept:{c.name}" for c in sorted(cfg.concepts, key=lambda c: c.key))]
+
+
+def _submit(task_fn: Any, cfg: MaceConfig, concept: str | None, *args: Any, **kwargs: Any) -> Any:
+    """Submit with the run's retry policy (tags come from the flow's ``tags`` context)."""
+    opts = dict(retries=cfg.execution.retries, retry_delay_seconds=cfg.execution.retry_delay_s)
+    return task_fn.with_options(**opts).submit(*args, **kwargs)
+
+
+@flow(name="mace-erase", flow_run_name="erase-{cfg.name}", task_runner=ThreadPoolTaskRunner(),
+      persist_result=False, validate_parameters=False)
+def erase(cfg: MaceConfig) -> RunReport:
+    """Erase ``cfg.concepts`` from ``cfg.model``; record the run in the store under ``cfg.name``."""
+    from flows.prior import prior as prior_flow
+
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    with run_scope() as scope, tags(*run_tags(cfg)):
+        # 1. validate everything cheap before any model work
+        check_inputs(cfg)
+        root, ex = cfg.execution.store, cfg.execution
+        store = open_store(root)
+        concepts = sorted(cfg.concepts, key=lambda c: c.key)  # canonical order: set stages sum in it
+        # 2. base-model digests, once per run (whole model; text encoder + tokenizer for text-only stages)
+        mdir = model_dir(cfg.model.path)
+        model_digest = files_digest(mdir)
+        text_digest = files_digest(mdir, ("text_encoder", "tokenizer"))
+        log.info("erasing %d concepts from %s (%s)", len(concepts), cfg.model.path, model_digest[:12])
+        m, n_models = cfg.model, ex.lora_concurrency
+        # 3. per concept: prompts -> images -> masks -> stats (fan out; model work is serialised per copy)
+        prompts, images, masks, stats = {}, {}, {}, {}
+        for c in concepts:
+            prompts[c.key] = _submit(prompts_task, cfg, c.name, c, cfg.prompts, root)
+            images[c.key] = _submit(images_task, cfg, c.name, c, cfg.seed, cfg.images, m, model_digest, root,
+                                    n_models)
+        for c in concepts:
+            stats[c.key] = _submit(stats_task, cfg, c.name, c, prompts[c.key], m, text_digest, root, n_models)
+            masks[c.key] = (_submit(masks_task, cfg, c.name, c, cfg.seed, images[c.key], cfg.masks, m,
+                                    model_digest, root, n_models) if uses_masks(c, cfg.masks) else None)
+        # 4. priors P (caption corpus) and D (retain list), only when weighted (subflow)
+        prior_ref, domain_ref = prior_flow(cfg) if (needs_prior(cfg) or needs_domain(cfg)) else (None, None)
+        # 5. CFR: the set's M, and each concept's own M_k (independent LoRA base)
+        remap = _submit(cfr_task, cfg, None, stats, prior_ref, domain_ref, cfg.cfr, root)
+        if cfg.lora.base == "independent":
+            bases = {c.key: _submit(cfr_concept_task, cfg, c.name, c, stats[c.key], prior_ref, domain_ref,
+                                    cfg.cfr, root) for c in concepts}
+        else:
+            bases = {c.key: remap for c in concepts}
+        # 6. one LoRA per concept, at most execution.lora_concurrency at once
+        loras = {c.key: _submit(lora_task, cfg, c.name, c, cfg.seed, prompts[c.key], images[c.key],
+                                masks[c.key], bases[c.key], cfg.lora, m, model_digest, root, n_models)
+                 for c in concepts}
+        # 7. closed-form fusion of all LoRAs -> final to_k/to_v weights
+        fused = _submit(fusion_task, cfg, None, remap, bases, stats, loras, prior_ref, domain_ref, cfg.fusion,
+                        m, model_digest, root, n_models)
+        # 8. export a diffusers pipeline + model card
+        card = {"name": cfg.name, "base": cfg.model.path, "model_digest": model_digest,
+                "concepts": [{"name": c.name, "type": c.type, "mapping": c.mapping} for c in concepts],
+                "lora_base": cfg.lora.base, "fusion": cfg.fusion.method}
+        exported = _submit(export_task, cfg, None, fused, card, m, model_digest, root, n_models).result()
+        # 9. record the run (every ref it used, so gc keeps them) and report
+        refs: dict[str, Any] = {"export": exported, "fusion": fused.result(), "cfr": remap.result()}
+        for c in concepts:
+            for stage, fut in (("prompts", prompts), ("images", images), ("masks", masks), ("stats", stats),
+                               ("lora", loras)):
+                if fut[c.key] is not None:
+                    refs[f"{stage}/{c.key}"] = fut[c.key].result()
+            if cfg.lora.base == "independent":
+                refs[f"cfr_concept/{c.key}"] = bases[c.key].result()
+        refs |= {k: v for k, v in (("prior", prior_ref), ("domain_prior", domain_ref)) if v is not None}
+        output = str(pipeline_dir(store, exported))
+        rows, busy = summarise(LEDGER.events(scope))
+        wall = time.perf_counter() - t0
+        store.record_run(cfg.name, list(refs.values()), {
+            "config": cfg.model_dump(mode="json"), "output": output, "concepts": [c.name for c in concepts],
+            "created": time.time(), "wall_s": wall,
+            "stages": [vars(r) for r in rows],
+        })
+        log.info("run %s: %d hits, %d misses -> %s", cfg.name, sum(r.hits for r in rows),
+                 sum(r.misses for r in rows), output)
+        return RunReport(run_id=cfg.name, concepts=[c.name for c in concepts], output=output,
+                         refs={k: v.id for k, v in refs.items()}, stages=rows, wall_s=wall, busy_s=busy)
+

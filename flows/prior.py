@@ -1,0 +1,46 @@
+"""Flow ``mace-prior``: a caption set -> the general prior Gram P (and the domain Gram D) in zarr.
+
+Run alone (``mace prior CONFIG`` / a deployment) to precompute P for a model once, or as a subflow of
+``mace-erase``. The captions are frozen into an artifact, then accumulated shard by shard: each shard is
+its own artifact, so a killed run resumes at the first missing shard.
+"""
+
+from __future__ import annotations
+
+import math
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from mace_core.config import MaceConfig
+from tasks import store as st
+from tasks._cache import files_digest, model_dir, open_store
+from tasks.prior import captions_task, domain_prior_task, load_count, prior_merge_task, prior_shard_task
+
+
+@flow(name="mace-prior", flow_run_name="prior-{cfg.name}", task_runner=ThreadPoolTaskRunner(),
+      persist_result=False, validate_parameters=False)
+def prior(cfg: MaceConfig) -> tuple[st.ArtifactRef | None, st.ArtifactRef | None]:
+    """(P, D) refs for ``cfg.model`` and ``cfg.prior``; D is None without a retain list."""
+    from flows.erase import dominant_type, needs_domain
+
+    log = get_run_logger()
+    root, m, ex = cfg.execution.store, cfg.model, cfg.execution
+    opts = dict(retries=ex.retries, retry_delay_seconds=ex.retry_delay_s)
+    # 1. text-encoder digest (P and D depend on the text encoder + tokenizer only)
+    text_digest = files_digest(model_dir(m.path), ("text_encoder", "tokenizer"))
+    # 2. freeze the caption set
+    captions = captions_task.with_options(**opts)(cfg.prior, root)
+    n = load_count(open_store(root), captions)
+    # 3. one Gram per shard (resumable), then P = their sum in shard order
+    n_shards = math.ceil(n / cfg.prior.shard_size)
+    shards = [prior_shard_task.with_options(**opts).submit(captions, i, cfg.prior, m, text_digest, root,
+                                                           ex.lora_concurrency) for i in range(n_shards)]
+    P = prior_merge_task.with_options(**opts)(shards, root)
+    log.info("prior: %d captions in %d shards", n, n_shards)
+    # 4. domain prior D from the retain list (only when something weights it)
+    D = None
+    if needs_domain(cfg):
+        D = domain_prior_task.with_options(**opts)(cfg.prior, dominant_type(cfg.concepts), m, text_digest, root,
+                                                   ex.lora_concurrency)
+    return P, D

@@ -1,0 +1,353 @@
+"""``mace``: erase concepts from a diffusers model, grow a finished run, inspect the artifact store.
+
+Every command validates its input before any model work or Prefect start-up; errors are printed as one
+line (``error: ...``) with exit code 1 (2 for usage errors), never as a traceback (set ``MACE_DEBUG=1`` to
+see one). Prefect's console log is muted unless ``--verbose``: progress bars and a summary table replace it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mace_cli.config_io import ConfigError, load_config, parse_concept
+
+app = typer.Typer(
+    name="mace", help="MACE mass concept erasure as an incremental Prefect pipeline.", no_args_is_help=True,
+    add_completion=False, pretty_exceptions_enable=False,
+)
+artifacts_app = typer.Typer(help="Inspect and maintain the artifact store.", no_args_is_help=True)
+app.add_typer(artifacts_app, name="artifacts")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_STORE = os.environ.get("MACE_STORE", "artifacts")
+StoreOpt = Annotated[str, typer.Option("--store", "-s", help="Artifact store root (dir or fsspec URL); env MACE_STORE.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's own log on the console.")]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Errors and environment
+# ----------------------------------------------------------------------------------------------------
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (ValueError, ConfigError)) else f"{type(exc).__name__}: {text}"
+
+
+def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn any exception into ``error: <one line>`` on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the CLI's contract: one line, no traceback
+            if os.environ.get("MACE_DEBUG"):
+                raise
+            if isinstance(exc, KeyboardInterrupt):
+                err_console.print("error: interrupted (finished artifacts are kept; rerun to resume)",
+                                  highlight=False, soft_wrap=True)
+                raise typer.Exit(130) from None
+            err_console.print(f"error: {one_line(exc)}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _prefect_env() -> None:
+    """Defaults for a local run: patient ephemeral server, no telemetry (the user's settings win)."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@contextlib.contextmanager
+def quiet_prefect(verbose: bool) -> Iterator[None]:
+    """Mute Prefect's console handlers (its flow/task logs and failure tracebacks) for the block."""
+    if verbose:
+        yield
+        return
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    import prefect  # noqa: F401 - configures logging
+
+    changed: list[tuple[logging.Handler, int]] = []
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for h in lg.handlers:
+            if type(h).__name__ == "PrefectConsoleHandler":
+                changed.append((h, h.level))
+                h.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for h, level in changed:
+            h.setLevel(level)
+
+
+@contextlib.contextmanager
+def stage_progress(enabled: bool = True) -> Iterator[None]:
+    """Rich progress: one bar per stage (task bodies done / started), fed by the task ledger."""
+    from tasks._cache import LEDGER
+
+    if not enabled:
+        yield
+        return
+    progress = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console, transient=False)
+    bars: dict[str, Any] = {}
+    inner: dict[int, Any] = {}
+
+    def on_event(kind: str, event: Any, info: Any) -> None:
+        if event.stage not in bars:
+            bars[event.stage] = progress.add_task(event.stage, total=0, note="")
+        bar = bars[event.stage]
+        if kind == "start":
+            progress.update(bar, total=progress.tasks[bar].total + 1)
+        elif kind == "end":
+            status = "hit" if event.hit else ("failed" if event.hit is None else "done")
+            progress.update(bar, advance=1, note=f"{event.concept or ''} {status}".strip())
+            if id(event) in inner:
+                progress.remove_task(inner.pop(id(event)))
+        elif kind == "progress":
+            if id(event) not in inner:
+                inner[id(event)] = progress.add_task(f"  {event.stage}:{event.concept or ''}"[:14],
+                                                     total=info["total"], note="")
+            progress.update(inner[id(event)], completed=info["done"], total=info["total"])
+
+    with progress, LEDGER.listening(on_event):
+        yield
+
+
+def summary_table(report: Any, wall_s: float) -> Table:
+    """Concepts, cache hits/misses and time per stage, output path."""
+    table = Table(title=f"run {report.run_id}: {len(report.concepts)} concepts", title_justify="left")
+    for col, just in (("stage", "left"), ("hits", "right"), ("misses", "right"), ("time (s)", "right")):
+        table.add_column(col, justify=just)
+    for r in report.stages:
+        table.add_row(r.stage, str(r.hits), str(r.misses), f"{r.seconds:.1f}")
+    table.add_row("total", str(report.hits), str(report.misses), f"{wall_s:.1f}", style="bold")
+    table.caption = f"concepts: {', '.join(report.concepts)}\noutput: {report.output}"
+    table.caption_justify = "left"
+    return table
+
+
+def _run_flow(fn: Callable[[], Any], verbose: bool, progress: bool = True) -> Any:
+    t0 = time.perf_counter()
+    with quiet_prefect(verbose), stage_progress(progress):
+        report = fn()
+    console.print(summary_table(report, time.perf_counter() - t0))
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------------
+
+
+@app.command()
+@cli_errors
+def erase(
+    config: Annotated[Path, typer.Argument(help="Config file (.yaml/.toml); see docs/CONFIG.md and configs/.")],
+    store: Annotated[str | None, typer.Option("--store", "-s", help="Override execution.store.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Record the run under this name.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Erase the config's concepts; the model lands in the store (path printed at the end)."""
+    cfg = load_config(config, store=store)
+    if name is not None:
+        cfg = cfg.model_copy(update={"name": name})
+    _prefect_env()
+    from flows.erase import check_inputs
+
+    check_inputs(cfg)  # one-line errors before Prefect starts
+    from flows.erase import erase as erase_flow
+
+    _run_flow(lambda: erase_flow(cfg), verbose)
+
+
+@app.command()
+@cli_errors
+def add(
+    run: Annotated[str, typer.Argument(help="A recorded run (see `mace status`).")],
+    concepts: Annotated[list[str] | None, typer.Argument(help="Concepts as name[:type[:mapping]].")] = None,
+    remove: Annotated[list[str] | None, typer.Option("--remove", "-r", help="Concept name to remove.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Record the result under a new run name.")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Add (or --remove) concepts to a finished run; only what the change touches is recomputed."""
+    from flows.add import AddRequest, changed_config, load_run_config
+
+    base = load_run_config(store, run)
+    req = AddRequest(run=run, add=tuple(parse_concept(c, base.concepts) for c in (concepts or [])),
+                     remove=tuple(remove or ()), store=store, name=name)
+    _prefect_env()
+    from flows.erase import check_inputs
+
+    check_inputs(changed_config(base, req))
+    from flows.add import add as add_flow
+
+    _run_flow(lambda: add_flow(req), verbose)
+
+
+@app.command()
+@cli_errors
+def prior(
+    config: Annotated[Path, typer.Argument(help="Config file; reads model, prior and execution.")],
+    store: Annotated[str | None, typer.Option("--store", "-s", help="Override execution.store.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Precompute the general prior P (and domain prior D) for the config's model and captions."""
+    cfg = load_config(config, store=store)
+    _prefect_env()
+    from flows.prior import prior as prior_flow
+    from tasks._cache import model_dir
+    from tasks.prior import caption_path
+
+    model_dir(cfg.model.path)
+    caption_path(cfg.prior.captions)
+    with quiet_prefect(verbose), stage_progress():
+        P, D = prior_flow(cfg)
+    console.print(f"prior: {P.id}" + (f"\ndomain prior: {D.id}" if D is not None else ""))
+
+
+@app.command()
+@cli_errors
+def status(run: Annotated[str, typer.Argument(help="Run name.")], store: StoreOpt = DEFAULT_STORE) -> None:
+    """Show a recorded run: concepts, output, per-stage cache record, and whether its artifacts are present."""
+    from flows.add import load_run_config
+    from tasks._cache import open_store
+
+    cfg = load_run_config(store, run)
+    record = open_store(store).read_run(run)
+    meta = record["meta"]
+    table = Table(title=f"run {run}", title_justify="left")
+    for col in ("concept", "type", "mapping"):
+        table.add_column(col)
+    for c in cfg.concepts:
+        table.add_row(c.name, c.type, c.mapping)
+    console.print(table)
+    out = meta.get("output", "?")
+    console.print(f"model: {cfg.model.path}   lora base: {cfg.lora.base}   fusion: {cfg.fusion.method}")
+    console.print(f"output: {out} ({'present' if Path(str(out)).exists() else 'missing'})")
+    if meta.get("stages"):
+        st_table = Table(title="last run", title_justify="left")
+        for col in ("stage", "hits", "misses", "time (s)"):
+            st_table.add_column(col)
+        for r in meta["stages"]:
+            st_table.add_row(r["stage"], str(r["hits"]), str(r["misses"]), f"{r['seconds']:.1f}")
+        console.print(st_table)
+
+
+@artifacts_app.command("ls")
+@cli_errors
+def artifacts_ls(
+    store: StoreOpt = DEFAULT_STORE,
+    stage: Annotated[str | None, typer.Option("--stage", help="Only this stage.")] = None,
+) -> None:
+    """List stored artifacts (stage, key, digest) and recorded runs."""
+    from tasks._cache import open_store
+
+    st = open_store(store)
+    table = Table(title=f"artifacts in {store}", title_justify="left")
+    for col in ("stage", "key", "digest"):
+        table.add_column(col)
+    n = 0
+    table.add_column("size", justify="right")
+    for a in st.ls(stage):
+        table.add_row(a["stage"], a["key"][:16], a["digest"][:16], f"{a['size'] / 1e6:.2f} MB")
+        n += 1
+    console.print(table)
+    console.print(f"{n} artifacts; runs: {', '.join(r['run_id'] for r in st.list_runs()) or 'none'}")
+
+
+@artifacts_app.command("verify")
+@cli_errors
+def artifacts_verify(store: StoreOpt = DEFAULT_STORE) -> None:
+    """Re-hash every artifact; exit 1 and list the corrupt ones if any."""
+    from tasks._cache import open_store
+
+    problems = open_store(store).verify()
+    if problems:
+        for p in problems:
+            err_console.print(f"corrupt: {p}", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"error: {len(problems)} corrupt artifact(s) in {store}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"ok: every artifact in {store} matches its manifest")
+
+
+@artifacts_app.command("gc")
+@cli_errors
+def artifacts_gc(
+    store: StoreOpt = DEFAULT_STORE,
+    keep: Annotated[list[str] | None, typer.Option("--keep", "-k", help="Runs to keep (default: all recorded).")] = None,
+) -> None:
+    """Delete artifacts that no kept run reaches."""
+    from tasks._cache import open_store
+
+    st = open_store(store)
+    runs = list(keep) if keep else [r["run_id"] for r in st.list_runs()]
+    removed = st.gc(runs)
+    console.print(f"gc: kept runs {', '.join(runs) or 'none'}; removed {len(removed)} entr(y/ies)")
+
+
+@app.command()
+@cli_errors
+def generate(
+    model: Annotated[str, typer.Argument(help="A run name, a diffusers pipeline directory, or 'miniworld'.")],
+    prompt: Annotated[str, typer.Argument(help="Text prompt.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for PNGs.")] = Path("generated"),
+    n: Annotated[int, typer.Option("--n", min=1, max=64, help="Number of images.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of image 0 (image i uses seed + i).")] = 0,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000)] = 30,
+    guidance: Annotated[float, typer.Option("--guidance", min=0.0, max=50.0)] = 7.5,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Generate images from an erased (or any) model."""
+    path = model
+    if not Path(model).exists() and model != "miniworld":
+        from flows.add import load_run_config  # a run name: its exported pipeline
+        from tasks._cache import open_store
+
+        load_run_config(store, model)
+        record = open_store(store).read_run(model)
+        path = record["meta"]["output"]
+    from mace_core import generate as core_generate
+    from mace_core import models
+
+    with console.status(f"loading {path}"):
+        pipe = models.load_pipeline(path)
+    out.mkdir(parents=True, exist_ok=True)
+    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
+        bar = progress.add_task("gen", total=n)
+        images = core_generate.generate_images(
+            pipe, [prompt] * n, [seed + i for i in range(n)], steps, guidance, batch_size=min(n, 8),
+            progress=lambda done, total: progress.update(bar, completed=done))
+    for i, img in enumerate(images):
+        img.save(out / f"{seed + i:06d}.png")
+    console.print(f"{n} image(s) in {out}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
