@@ -25,9 +25,9 @@ CAPTIONS = [
 @pytest.fixture(scope="session", autouse=True)
 def prefect_harness():
     """A private Prefect API for the session (the server start is the slow part: ~20 s on 2 cores)."""
-    from prefect.testing.utilities import prefect_test_harness
+    from tests.flows.harness import shared_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
+    with shared_harness():
         yield
 
 
@@ -104,7 +104,6 @@ def final_weights(store: str, report) -> dict:
     """The fused weights of a finished run (bytes as stored)."""
     from tasks._cache import open_store
     from tasks.fusion import load_weights
-    from tasks.store import ArtifactRef
 
     st = open_store(store)
     stage, key = report.refs["fusion"].split("/")
@@ -112,9 +111,8 @@ def final_weights(store: str, report) -> dict:
 
 
 def same_weights(a: dict, b: dict) -> bool:
-    import torch
+    """Bitwise equality (torch.equal would call -0.0 and 0.0 equal)."""
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        and a[k].contiguous().numpy().tobytes() == b[k].contiguous().numpy().tobytes() for k in a)
 
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-Path  # noqa: B018 - re-export for type hints in tests
