@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow, get_run_logger, tags
+from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mace_core.concepts import Concept
@@ -177,6 +178,18 @@ def run_tags(cfg: MaceConfig) -> list[str]:
     return ["mace", f"run:{cfg.name}", *(f"concept:{c.name}" for c in sorted(cfg.concepts, key=lambda c: c.key))]
 
 
+def settle(futures: list[Any]) -> None:
+    """Wait for every future; re-raise the first real failure (not a downstream 'NotReady').
+
+    A failed LoRA leaves fusion/export Pending, and their ``.result()`` would only say so; the user
+    needs the original error (e.g. the ValueError naming the bad input).
+    """
+    wait([f for f in futures if f is not None])
+    for f in futures:
+        if f is not None and f.state.is_failed():
+            f.result()  # raises the task's own exception
+
+
 def _submit(task_fn: Any, cfg: MaceConfig, concept: str | None, *args: Any, **kwargs: Any) -> Any:
     """Submit with the run's retry policy (tags come from the flow's ``tags`` context)."""
     opts = dict(retries=cfg.execution.retries, retry_delay_seconds=cfg.execution.retry_delay_s)
@@ -233,7 +246,10 @@ def erase(cfg: MaceConfig) -> RunReport:
         card = {"name": cfg.name, "base": cfg.model.path, "model_digest": model_digest,
                 "concepts": [{"name": c.name, "type": c.type, "mapping": c.mapping} for c in concepts],
                 "lora_base": cfg.lora.base, "fusion": cfg.fusion.method}
-        exported = _submit(export_task, cfg, None, fused, card, m, model_digest, root, n_models).result()
+        exported_f = _submit(export_task, cfg, None, fused, card, m, model_digest, root, n_models)
+        settle([*prompts.values(), *images.values(), *masks.values(), *stats.values(), remap,
+                *(bases.values() if cfg.lora.base == "independent" else []), *loras.values(), fused, exported_f])
+        exported = exported_f.result()
         # 9. record the run (every ref it used, so gc keeps them) and report
         refs: dict[str, Any] = {"export": exported, "fusion": fused.result(), "cfr": remap.result()}
         for c in concepts:

@@ -22,7 +22,7 @@ from tasks.prior import captions_task, domain_prior_task, load_count, prior_merg
       persist_result=False, validate_parameters=False)
 def prior(cfg: MaceConfig) -> tuple[st.ArtifactRef | None, st.ArtifactRef | None]:
     """(P, D) refs for ``cfg.model`` and ``cfg.prior``; D is None without a retain list."""
-    from flows.erase import dominant_type, needs_domain
+    from flows.erase import dominant_type, needs_domain, settle
 
     log = get_run_logger()
     root, m, ex = cfg.execution.store, cfg.model, cfg.execution
@@ -36,6 +36,7 @@ def prior(cfg: MaceConfig) -> tuple[st.ArtifactRef | None, st.ArtifactRef | None
     n_shards = math.ceil(n / cfg.prior.shard_size)
     shards = [prior_shard_task.with_options(**opts).submit(captions, i, cfg.prior, m, text_digest, root,
                                                            ex.lora_concurrency) for i in range(n_shards)]
+    settle(shards)
     P = prior_merge_task.with_options(**opts)(shards, root)
     log.info("prior: %d captions in %d shards", n, n_shards)
     # 4. domain prior D from the retain list (only when something weights it)

@@ -112,14 +112,17 @@ def stage_progress(enabled: bool = True) -> Iterator[None]:
     progress = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console, transient=False)
     bars: dict[str, Any] = {}
+    totals: dict[str, int] = {}
     inner: dict[int, Any] = {}
 
     def on_event(kind: str, event: Any, info: Any) -> None:
         if event.stage not in bars:
             bars[event.stage] = progress.add_task(event.stage, total=0, note="")
+            totals[event.stage] = 0
         bar = bars[event.stage]
         if kind == "start":
-            progress.update(bar, total=progress.tasks[bar].total + 1)
+            totals[event.stage] += 1
+            progress.update(bar, total=totals[event.stage])
         elif kind == "end":
             status = "hit" if event.hit else ("failed" if event.hit is None else "done")
             progress.update(bar, advance=1, note=f"{event.concept or ''} {status}".strip())
@@ -280,17 +283,36 @@ def artifacts_ls(
 
 @artifacts_app.command("verify")
 @cli_errors
-def artifacts_verify(store: StoreOpt = DEFAULT_STORE) -> None:
-    """Re-hash every artifact; exit 1 and list the corrupt ones if any."""
+def artifacts_verify(
+    store: StoreOpt = DEFAULT_STORE,
+    repair: Annotated[bool, typer.Option("--repair", help="Delete corrupt artifacts (the next run rebuilds them).")] = False,
+) -> None:
+    """Re-hash every artifact; exit 1 and list the corrupt ones if any (or delete them with --repair)."""
     from tasks._cache import open_store
 
-    problems = open_store(store).verify()
+    st = open_store(store)
+    problems = st.verify()
+    if problems and repair:
+        ids = sorted({_artifact_of(st, p.path) for p in problems} - {(None, None)})
+        for s, k in ids:
+            st.delete(s, k)
+            console.print(f"deleted {s}/{k}", highlight=False)
+        problems = st.verify()
     if problems:
         for p in problems:
             err_console.print(f"corrupt: {p}", highlight=False, markup=False, soft_wrap=True)
         err_console.print(f"error: {len(problems)} corrupt artifact(s) in {store}", highlight=False)
         raise typer.Exit(1)
     console.print(f"ok: every artifact in {store} matches its manifest")
+
+
+def _artifact_of(st: Any, path: str) -> tuple[str | None, str | None]:
+    """(stage, key) of the artifact a problem path lies in, if any."""
+    import re
+
+    root = str(st.root_url).removeprefix("file://")
+    m = re.search(r"([a-z][a-z0-9_]{0,31})/([0-9a-f]{64})(/|$)", path.removeprefix(root))
+    return (m.group(1), m.group(2)) if m else (None, None)
 
 
 @artifacts_app.command("gc")

@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -116,7 +117,10 @@ class Ledger:
 
     def emit(self, kind: str, event: StageEvent, **info: Any) -> None:
         for fn in list(self._listeners):
-            fn(kind, event, info)
+            try:
+                fn(kind, event, info)
+            except Exception:  # noqa: BLE001 - a progress display must never fail a stage
+                logging.getLogger(__name__).warning("ledger listener failed", exc_info=True)
 
     def events(self, scope: str | None = None) -> list[StageEvent]:
         """All events, or those of one run scope."""
