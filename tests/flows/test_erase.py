@@ -40,6 +40,9 @@ def scenario(tiny_model, tmp_path_factory):
                     return _fn(*a, **k)
 
                 setattr(mod, name, counted)
+    from tasks import _cache
+
+    loads_before = sum(1 for k in _cache.LOADS if k[0] == tiny_model)
     try:
         s1 = str(tmp_path_factory.mktemp("s1") / "store")
         s2 = str(tmp_path_factory.mktemp("s2") / "store")
@@ -60,6 +63,7 @@ def scenario(tiny_model, tmp_path_factory):
         out["calls_remove"] = dict(calls)
         out["scratch"] = erase(make_config(tiny_model, s2, concepts=("bird", "cat", "dog")))
         out["w_scratch"] = final_weights(s2, out["scratch"])
+        out["loads"] = sum(1 for k in _cache.LOADS if k[0] == tiny_model) - loads_before
         return out
     finally:
         for (mod, name), fn in originals.items():
@@ -128,6 +132,11 @@ def test_remove_resolves_without_training(scenario):
     assert _delta(scenario["calls_remove"], scenario["calls_add"]) == {}
     assert _misses(r) == {"cfr": 1, "fusion": 1, "export": 1}
     assert r.concepts == ["bird", "cat"]
+
+
+def test_model_is_loaded_once_per_process(scenario):
+    # five flow runs, ~40 model-using task bodies: at most one load (none if an earlier test loaded it)
+    assert scenario["loads"] <= 1
 
 
 def test_store_is_consistent_after_scenario(scenario):

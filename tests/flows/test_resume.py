@@ -70,3 +70,19 @@ def test_bad_input_value_error_is_not_retried(tiny_model, store_root, monkeypatc
     with pytest.raises(ValueError, match="bad data"):
         erase(cfg)
     assert calls["n"] == 1
+
+
+def test_joint_mode_retrains_every_lora_when_the_set_grows(tiny_model, store_root, counting):
+    """The official coupling, kept for reproduction: every LoRA trains on the set's CFR."""
+    from flows.add import AddRequest, add
+    from flows.erase import erase
+    from mace_core.concepts import Concept
+
+    cfg = make_config(tiny_model, store_root, concepts=("cat",), lora={"steps": 1, "base": "joint"},
+                      masks={"backend": "none"})
+    first = erase(cfg)
+    assert first.row("lora").misses == 1 and first.row("cfr_concept").misses == 0
+    grown = add(AddRequest(run=cfg.name, add=(Concept(name="dog", type="object", mapping="forest"),),
+                           store=store_root))
+    assert grown.row("lora").misses == 2  # cat's base M changed, so cat retrains too
+    assert counting["train_concept_lora"] == 3
