@@ -1,0 +1,155 @@
+"""Measure the miniworld quality figures of any pipeline dir: ``python -m miniworld.quality``.
+
+For every prompt, ``seeds`` images (seeds 0..seeds-1) are generated with the default sampler
+steps and guidance; the classifier's top-1 answer is compared with the prompted concept:
+object class (class-name prompts), object class from a synonym, identity, and style. Also
+timed: one pipeline call generating 8 images of one prompt (median of 3, after a warm-up).
+Writes ``quality.json`` and ``quality.md``. Reused to measure erasure (pass the edited pipeline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from miniworld.classifier import MiniworldClassifier, load_classifier
+from miniworld.paths import PIPELINE_DIR
+from miniworld.prompts import identity_prompt, object_prompt, style_prompt
+from miniworld.world import IDENTITIES, OBJECT_CLASSES, OBJECTS, STYLES
+
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 5.0
+SEEDS = 8
+
+log = logging.getLogger("miniworld.quality")
+
+
+def load_pipeline(path: Path | str = PIPELINE_DIR, device: str = "cpu") -> StableDiffusionPipeline:
+    """Load a miniworld-format pipeline offline, float32, progress bar off."""
+    pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def generate(
+    pipe: StableDiffusionPipeline,
+    prompts: list[str],
+    seeds: int = SEEDS,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Images float[len(prompts) * seeds, 3, 32, 32] in [-1, 1]; prompt-major, seed-minor."""
+    flat = [(p, s) for p in prompts for s in range(seeds)]
+    out = []
+    for i in range(0, len(flat), batch_size):
+        chunk = flat[i : i + batch_size]
+        gens = [torch.Generator(pipe.device).manual_seed(s) for _, s in chunk]
+        images = pipe(
+            [p for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="pt"
+        ).images
+        out.append(images.cpu() * 2 - 1)
+    return torch.cat(out)
+
+
+def top1(classifier: MiniworldClassifier, images: torch.Tensor, head: str, expected: list[str], seeds: int) -> float:
+    """Fraction of images whose ``head`` prediction is the prompt's expected label."""
+    pred = classifier.predict(images)[head]
+    labels = classifier.labels[head]
+    target = torch.tensor([labels.index(e) for e in expected for _ in range(seeds)])
+    return float((pred == target).float().mean())
+
+
+def time_eight(pipe: StableDiffusionPipeline, steps: int, guidance: float) -> float:
+    """Median seconds of one call generating 8 images of one prompt (after a warm-up call)."""
+    times = []
+    for rep in range(4):
+        t0 = time.perf_counter()
+        generate(pipe, [object_prompt("cat")], seeds=8, steps=steps, guidance=guidance)
+        if rep:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_quality(
+    pipeline_dir: Path | str = PIPELINE_DIR,
+    out_dir: Path | None = None,
+    device: str = "cpu",
+    seeds: int = SEEDS,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    classifier_dir: Path | None = None,
+    n_identities: int | None = None,
+) -> dict:
+    """The quality figures of ``pipeline_dir`` (dict; also written to ``out_dir`` if given)."""
+    pipe = load_pipeline(pipeline_dir, device)
+    clf = load_classifier(classifier_dir, device)
+    identities = list(IDENTITIES[:n_identities] if n_identities else IDENTITIES)
+    synonyms = [(c, s) for c, syns in OBJECTS.items() for s in syns]
+    style_classes = [OBJECT_CLASSES[i % len(OBJECT_CLASSES)] for i in range(len(STYLES))]
+    suites = {
+        "object": ("object", [object_prompt(c) for c in OBJECT_CLASSES], list(OBJECT_CLASSES)),
+        "synonym": ("object", [object_prompt(s) for _, s in synonyms], [c for c, _ in synonyms]),
+        "identity": ("identity", [identity_prompt(n) for n in identities], identities),
+        "style": ("style", [style_prompt(s, c) for s, c in zip(STYLES, style_classes, strict=True)], list(STYLES)),
+    }
+    figures: dict[str, float] = {}
+    for name, (head, prompts, expected) in suites.items():
+        t0 = time.perf_counter()
+        images = generate(pipe, prompts, seeds, steps, guidance)
+        figures[f"{name}_top1"] = round(top1(clf, images, head, expected, seeds), 4)
+        log.info("%s: top-1 %.4f (%d images, %.1f s)", name, figures[f"{name}_top1"], len(images), time.perf_counter() - t0)
+    figures["seconds_for_8_images"] = round(time_eight(pipe, steps, guidance), 3)
+    result = {
+        "pipeline": str(pipeline_dir),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "seeds_per_prompt": seeds,
+        "steps": steps,
+        "guidance_scale": guidance,
+        "n_identities": len(identities),
+        "figures": figures,
+    }
+    if out_dir is not None:
+        write_report(result, Path(out_dir))
+    return result
+
+
+def write_report(result: dict, out_dir: Path) -> None:
+    """Write ``quality.json`` and a one-table ``quality.md``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "quality.json").write_text(json.dumps(result, indent=1))
+    rows = "\n".join(f"| {k} | {v} |" for k, v in result["figures"].items())
+    meta = ", ".join(f"{k}={result[k]}" for k in ("device", "torch_threads", "seeds_per_prompt", "steps", "guidance_scale"))
+    (out_dir / "quality.md").write_text(f"# miniworld quality: {result['pipeline']}\n\n{meta}\n\n| figure | value |\n|---|---|\n{rows}\n")
+
+
+def main() -> None:
+    """CLI entry point."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--pipeline", type=Path, default=PIPELINE_DIR)
+    p.add_argument("--classifier", type=Path, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seeds", type=int, default=SEEDS)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--identities", type=int, default=None, help="only the first N identities")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    result = measure_quality(
+        args.pipeline, args.out, args.device, args.seeds, args.steps, args.guidance, args.classifier, args.identities
+    )
+    logging.getLogger("miniworld.quality").info("%s", json.dumps(result["figures"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Train the miniworld UNet and assemble the pipeline: ``python -m miniworld.train_unet``.
+
+Latent diffusion as in Stable Diffusion: frozen VAE and text encoder, epsilon prediction on SD's
+scaled-linear schedule, 10 % empty captions for classifier-free guidance, Min-SNR-5 loss
+weighting, EMA weights shipped. Writes the full StableDiffusionPipeline to --out.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+from transformers import CLIPTextModel
+
+from miniworld.models import make_scheduler, make_unet
+from miniworld.paths import PIPELINE_DIR
+from miniworld.tokenizer import load_tokenizer
+from miniworld.train_clip import tokenize
+from miniworld.training import warmup_cosine, corpus_images, finish, parser, start, to_float
+
+P_UNCOND = 0.1
+SNR_GAMMA = 5.0
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: torch.Tensor, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image (uint8[N, 32, 32, 3]), unscaled: float[N, 4, 8, 8] each."""
+    means, stds = [], []
+    for i in range(0, len(images), 1000):
+        post = vae.encode(to_float(images[i : i + 1000].to(device))).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def main() -> None:
+    """Train, checkpointing and logging; save the pipeline."""
+    p = parser(__doc__, PIPELINE_DIR, steps=16000, batch_size=64, lr=5e-4)
+    p.add_argument("--components", type=Path, default=PIPELINE_DIR, help="dir holding vae/, text_encoder/, tokenizer/")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    args = p.parse_args()
+    run = start(args, "unet")
+    dev = args.device
+    images, rows = corpus_images(args)
+    vae = AutoencoderKL.from_pretrained(str(args.components / "vae")).to(dev).eval()
+    text_encoder = CLIPTextModel.from_pretrained(str(args.components / "text_encoder")).to(dev).eval()
+    tokenizer = load_tokenizer(args.components / "tokenizer")
+    mean, std = encode_latents(vae, torch.from_numpy(images), dev)
+    ids = tokenize(tokenizer, [r["caption"] for r in rows]).to(dev)
+    empty = tokenize(tokenizer, [""]).to(dev)
+    scheduler = make_scheduler()
+    alphas = scheduler.alphas_cumprod.to(dev)
+    unet = make_unet().to(dev)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
+    sched = warmup_cosine(opt, args.steps, 0.03)
+    modules = {"model": unet, "ema": ema, "opt": opt, "sched": sched}
+    step0 = run.load(modules)
+    t0 = time.time()
+    for step in range(step0, args.steps):
+        idx = run.batch_indices(step, len(mean), args.batch_size).to(dev)
+        g = run.step_generator(step, dev)
+        b = len(idx)
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g, device=dev)) * vae.config.scaling_factor
+        drop = torch.rand(b, generator=g, device=dev) < P_UNCOND
+        tokens = torch.where(drop[:, None], empty, ids[idx])
+        with torch.no_grad():
+            context = text_encoder(tokens)[0]
+        t = torch.randint(0, len(alphas), (b,), generator=g, device=dev)
+        noise = torch.randn(z0.shape, generator=g, device=dev)
+        a = alphas[t].view(b, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        pred = unet(zt, t, context).sample
+        snr = alphas[t] / (1 - alphas[t])
+        weight = snr.clamp(max=SNR_GAMMA) / snr
+        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            decay = min(args.ema_decay, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), unet.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        if (step + 1) % 100 == 0:
+            run.log_loss(step + 1, {"loss": loss.item()}, time.time() - t0)
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            run.save(step + 1, modules)
+    pipe = StableDiffusionPipeline(
+        vae=vae.to("cpu"),
+        text_encoder=text_encoder.to("cpu"),
+        tokenizer=tokenizer,
+        unet=ema.to("cpu"),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(args.out))
+    ema.half().save_pretrained(str(args.out / "unet"))  # float16 on disk; loads as float32
+    finish(run, args.out, args.steps, t0)
+
+
+if __name__ == "__main__":
+    main()

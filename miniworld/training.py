@@ -1,0 +1,146 @@
+"""Shared plumbing of the training commands: arguments, data, seeded batches, checkpoints, logs.
+
+Determinism and resumption: the batch of step ``s`` is drawn from a generator seeded with
+``(seed, s)``, so a run resumed from a checkpoint at step ``s`` sees exactly the batches that an
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from miniworld.corpus import ensure_images
+from miniworld.paths import CAPTIONS_PATH, TRAIN_DIR
+
+log = logging.getLogger("miniworld.training")
+
+
+def parser(description: str, out: Path, steps: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
+    """The arguments every training command takes, with per-model defaults."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="cpu", help="cuda or cpu")
+    p.add_argument("--out", type=Path, default=out, help="where the trained model is saved")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", type=Path, default=None, help="checkpoints + logs (default: _train/<name>)")
+    p.add_argument("--ckpt-every", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=1, help="processes for rendering the corpus")
+    p.add_argument("--corpus-limit", type=int, default=None, help="use only the first N corpus rows (smoke tests)")
+    return p
+
+
+@dataclass
+class Run:
+    """A training run's state on disk: checkpoint, loss log and timing."""
+
+    workdir: Path
+    seed: int
+
+    def batch_indices(self, step: int, n: int, batch_size: int) -> torch.Tensor:
+        """The (deterministic) sample indices of ``step``."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return torch.randint(0, n, (batch_size,), generator=g)
+
+    def step_generator(self, step: int, device: str) -> torch.Generator:
+        """A generator for the noise of ``step`` (deterministic, resumable)."""
+        return torch.Generator(device=device).manual_seed(self.seed * 7_919 + step + 1)
+
+    def load(self, modules: dict[str, torch.nn.Module | torch.optim.Optimizer]) -> int:
+        """Restore the latest checkpoint into ``modules``; return the step to resume from."""
+        path = self.workdir / "checkpoint.pt"
+        if not path.exists():
+            return 0
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        log.info("resumed from %s at step %d", path, state["step"])
+        return int(state["step"])
+
+    def save(self, step: int, modules: dict[str, torch.nn.Module | torch.optim.Optimizer]) -> None:
+        """Write the checkpoint atomically."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        state = {name: m.state_dict() for name, m in modules.items()} | {"step": step}
+        tmp = self.workdir / "checkpoint.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.workdir / "checkpoint.pt")
+
+    def log_loss(self, step: int, values: dict[str, float], seconds: float) -> None:
+        """Append one line of the loss curve (``loss.csv``: step, seconds, values...)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / "loss.csv"
+        if not path.exists():
+            path.write_text("step,seconds," + ",".join(values) + "\n")
+        with path.open("a") as f:
+            f.write(f"{step},{seconds:.1f}," + ",".join(f"{v:.6g}" for v in values.values()) + "\n")
+
+
+def start(args: argparse.Namespace, name: str) -> Run:
+    """Set up logging, seeds and determinism flags; return the run."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.backends.cudnn.benchmark = False
+    workdir = args.workdir or TRAIN_DIR / name
+    return Run(workdir=workdir, seed=args.seed)
+
+
+def corpus_images(args: argparse.Namespace) -> tuple[np.ndarray, list[dict]]:
+    """The training corpus rows and their rendered images (cached under _train/)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(CAPTIONS_PATH)
+    name = "corpus_images.npy"
+    if args.corpus_limit is not None:
+        table, name = table.slice(0, args.corpus_limit), f"corpus_images_{args.corpus_limit}.npy"
+    images = ensure_images(table, TRAIN_DIR / name, args.workers)
+    return images, table.to_pylist()
+
+
+def to_float(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8[B, H, W, 3] -> float[B, 3, H, W] in [-1, 1]."""
+    return images_u8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def finish(run: Run, out: Path, steps: int, started: float, extra: dict | None = None) -> None:
+    """Record the training summary (steps, wall time) next to the saved model."""
+    summary = {"steps": steps, "wall_seconds": round(time.time() - started, 1)} | (extra or {})
+    out.mkdir(parents=True, exist_ok=True)
+    (run.workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("done: %s", summary)
+
+
+def corpus_labels(rows: list[dict], heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Per-row classifier targets (world.HEADS indices); rows with two subjects get -100."""
+    from miniworld.corpus import spec_of
+    from miniworld.render import labels
+
+    out: dict[str, list[int]] = {h: [] for h in heads}
+    for row in rows:
+        spec = spec_of(row)
+        lab = labels(spec)
+        for h in heads:
+            out[h].append(lab[h] if len(spec.subjects) == 1 else -100)
+    return {h: torch.tensor(v) for h, v in out.items()}
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` x ``steps`` steps, then cosine decay to 5 % of the peak."""
+    n_warm = max(1, int(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < n_warm:
+            return (step + 1) / n_warm
+        t = min(1.0, (step - n_warm) / max(1, steps - n_warm))
+        return float(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
