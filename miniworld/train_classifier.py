@@ -57,7 +57,7 @@ def heldout_accuracy(model: MiniworldClassifier, vae: AutoencoderKL, device: str
 
 def main() -> None:
     """Train, evaluate on the held-out set and save."""
-    p = parser(__doc__, CLASSIFIER_DIR, steps=6000, batch_size=256, lr=2e-3)
+    p = parser(__doc__, CLASSIFIER_DIR, steps=3000, batch_size=256, lr=2e-3)
     p.add_argument("--vae", type=Path, default=PIPELINE_DIR / "vae")
     args = p.parse_args()
     run = start(args, "classifier")

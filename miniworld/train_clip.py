@@ -32,7 +32,7 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
 
 def main() -> None:
     """Train and save."""
-    p = parser(__doc__, CLIP_DIR, steps=4000, batch_size=256, lr=1e-3)
+    p = parser(__doc__, CLIP_DIR, steps=3000, batch_size=256, lr=1e-3)
     p.add_argument("--text-encoder-out", type=Path, default=PIPELINE_DIR / "text_encoder")
     p.add_argument("--tokenizer", type=Path, default=PIPELINE_DIR / "tokenizer")
     args = p.parse_args()

@@ -39,9 +39,10 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor, device: str) -> tup
 
 def main() -> None:
     """Train, checkpointing and logging; save the pipeline."""
-    p = parser(__doc__, PIPELINE_DIR, steps=16000, batch_size=64, lr=5e-4)
+    p = parser(__doc__, PIPELINE_DIR, steps=15000, batch_size=64, lr=5e-4)
     p.add_argument("--components", type=Path, default=PIPELINE_DIR, help="dir holding vae/, text_encoder/, tokenizer/")
     p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--deadline", type=float, default=None, help="unix time: stop early (and save) when passed")
     args = p.parse_args()
     run = start(args, "unet")
     dev = args.device
@@ -61,7 +62,13 @@ def main() -> None:
     modules = {"model": unet, "ema": ema, "opt": opt, "sched": sched}
     step0 = run.load(modules)
     t0 = time.time()
+    ema_params, params = list(ema.parameters()), list(unet.parameters())
+    done = args.steps
     for step in range(step0, args.steps):
+        if args.deadline is not None and time.time() > args.deadline:
+            run.save(step, modules)
+            done = step
+            break
         idx = run.batch_indices(step, len(mean), args.batch_size).to(dev)
         g = run.step_generator(step, dev)
         b = len(idx)
@@ -85,8 +92,7 @@ def main() -> None:
         sched.step()
         with torch.no_grad():
             decay = min(args.ema_decay, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), unet.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
         if (step + 1) % 100 == 0:
             run.log_loss(step + 1, {"loss": loss.item()}, time.time() - t0)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
@@ -103,7 +109,7 @@ def main() -> None:
     )
     pipe.save_pretrained(str(args.out))
     ema.half().save_pretrained(str(args.out / "unet"))  # float16 on disk; loads as float32
-    finish(run, args.out, args.steps, t0)
+    finish(run, args.out, done, t0, {"batch_size": args.batch_size, "planned_steps": args.steps})
 
 
 if __name__ == "__main__":

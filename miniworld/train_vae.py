@@ -19,7 +19,7 @@ KL_WEIGHT = 1e-6
 
 def main() -> None:
     """Train, checkpointing and logging as it goes; save in diffusers format to --out."""
-    p = parser(__doc__, PIPELINE_DIR / "vae", steps=6000, batch_size=64, lr=1e-3)
+    p = parser(__doc__, PIPELINE_DIR / "vae", steps=3000, batch_size=64, lr=1e-3)
     args = p.parse_args()
     run = start(args, "vae")
     images, _ = corpus_images(args)
