@@ -167,6 +167,7 @@ def main() -> None:
     import torch
 
     rows = []
+    load_before = os.getloadavg()
     for name in [args.only] if args.only else ["miniworld", "sd14"]:
         proc = subprocess.run(
             [sys.executable, "-m", "benchmarks.lora_step", "--child", name, "--steps", str(args.steps)],
@@ -188,13 +189,15 @@ def main() -> None:
                     "python": platform.python_version(), "torch": torch.__version__,
                     "diffusers": diffusers.__version__, "peft": peft.__version__, "device": "cpu"},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "results": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "lora_step.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# LoRA training step time (batch 1, CPU)", "",
-        f"Command: `{result['command']}`  ", f"Machine: {result['machine']}  ", f"Date: {result['date']}", "",
+        f"Command: `{result['command']}`  ", f"Machine: {result['machine']}  ", f"Date: {result['date']}  ",
+        f"1-minute load average before/after (shared 2-core machine): {result['load_average_1m_before_after']}", "",
         "| config | UNet params (M) | attn2 projections | d | latent | setup + step 1 (s) | later steps (s) "
         "| median step (s) | peak RSS (GB) |",
         "|---|---|---|---|---|---|---|---|---|",

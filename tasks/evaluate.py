@@ -43,7 +43,7 @@ def _key_config(cfg: EvaluationConfig) -> dict:
     return cfg.model_dump(mode="json", exclude={"model", "store"})
 
 
-@task(name="evaluate", task_run_name="evaluate-{label}", tags=["mace", "evaluate"], **TASK_OPTIONS)
+@task(name="evaluate", task_run_name="evaluate-{label}", **TASK_OPTIONS)
 def evaluate_task(cfg: EvaluationConfig, model_path: str, model_digest: str, label: str) -> st.ArtifactRef:
     """Generate, save and score every evaluation image of ``model_path``; write rows + metrics."""
     store = open_store(cfg.store)

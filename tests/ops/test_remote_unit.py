@@ -1,0 +1,98 @@
+"""Fast checks of the remote LoRA path (no server): key parity with lora_task, parameters, idempotency keys."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+
+from mace_core.concepts import Concept
+from mace_core.config import LoraConfig, ModelConfig
+from tasks import remote
+from tasks.store import ArtifactRef
+
+
+def _ref(stage: str, ch: str) -> ArtifactRef:
+    return ArtifactRef(stage, ch * 64, ch * 64)
+
+
+ARGS = dict(concept=Concept(name="cat", type="object", mapping="forest"), seed=7, prompts=_ref("prompts", "a"),
+            images=_ref("images", "b"), masks=_ref("masks", "c"), base=_ref("cfr_concept", "d"),
+            cfg=LoraConfig(steps=3), model=ModelConfig(), model_digest="e" * 64)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("masks", ["with", "without"])
+def test_lora_key_matches_lora_task(monkeypatch, tmp_path, masks):
+    """The key remote_lora_task checks (and the child recomputes) is the one lora_task computes."""
+    import tasks.lora as tl
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def capture(store, stage, key, concept):
+        seen["key"] = key
+        raise _Stop
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(tl, "cached_stage", capture)
+    args = {**ARGS, "masks": ARGS["masks"] if masks == "with" else None}
+    with pytest.raises(_Stop):
+        tl.lora_task.fn(**args, store_root=str(tmp_path))
+    assert seen["key"] == remote.lora_key(**args)
+
+
+def test_child_parameters_are_json_and_validate_as_flow_parameters(tmp_path):
+    from flows.train_lora import train_lora
+
+    params = remote.child_parameters(**ARGS, store_root=str(tmp_path))
+    assert json.loads(json.dumps(params)) == params
+    assert params["prompts"] == "prompts/" + "a" * 64
+    validated = train_lora.validate_parameters(params)
+    assert validated["lora"] == ARGS["cfg"] and validated["concept"] == ARGS["concept"]
+
+
+def test_idempotency_key_is_parent_scoped_and_retry_gets_a_new_scope():
+    assert remote.idempotency_key("run1", "k" * 64, 1) == f"run1:{'k' * 64}"
+    assert remote.idempotency_key("run1", "k" * 64, 2) != remote.idempotency_key("run1", "k" * 64, 1)
+    assert remote.idempotency_key("run2", "k" * 64, 1) != remote.idempotency_key("run1", "k" * 64, 1)
+
+
+def test_committed_templates_request_gpus():
+    from mace_cli import ops
+
+    docker = ops.base_job_template("gpu-docker")
+    assert docker["job_configuration"]["container_create_kwargs"] == "{{ container_create_kwargs }}"
+    req = docker["variables"]["properties"]["container_create_kwargs"]["default"]["device_requests"][0]
+    assert req["capabilities"] == [["gpu"]]
+    k8s = ops.base_job_template("gpu-k8s")
+    pod = k8s["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_limit }}"
+    assert pod["nodeSelector"] == "{{ node_selector }}" and pod["tolerations"] == "{{ tolerations }}"
+
+
+def test_prefect_yaml_entrypoints_exist():
+    import yaml
+
+    from mace_cli.ops import REPO
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    for d in spec["deployments"]:
+        path, fn = d["entrypoint"].split(":")
+        assert f"def {fn}(" in (REPO / path).read_text(), d["entrypoint"]
+    nightly = next(d for d in spec["deployments"] if d["name"] == "nightly")
+    assert nightly["schedules"][0]["cron"] == "0 2 * * *"
+
+
+def test_watcher_builds_the_add_request(tmp_path):
+    from mace_cli import ops
+
+    f = tmp_path / "concepts.txt"
+    f.write_text("cat,object,forest\ndog\n# comment\n")
+    req = ops.add_request(f, "prod", "s3://b/m", recorded=["cat", "horse"])
+    assert [c["name"] for c in req["add"]] == ["dog"] and req["remove"] == ["horse"]
+    assert ops.add_request(f, "prod", "x", recorded=["cat", "dog"]) is None
