@@ -39,7 +39,10 @@ def main() -> None:
     run = start(args, "clip")
     images, rows = corpus_images(args)
     tokenizer = load_tokenizer(args.tokenizer)
-    ids = tokenize(tokenizer, [r["caption"] for r in rows]).to(args.device)
+    ids = tokenize(tokenizer, [r["caption"] for r in rows])
+    # The text tower is causal and pooled at the first EOS, so positions after the longest caption's EOS
+    # cannot change the loss: dropping them is exact and ~3x cheaper than training on all 77.
+    ids = ids[:, : int((ids == tokenizer.eos_token_id).int().argmax(1).max()) + 1].to(args.device)
     targets = {h: v.to(args.device) for h, v in corpus_labels(rows, AUX_HEADS).items()}
     data = torch.from_numpy(images).to(args.device)
     clip = make_clip(len(tokenizer)).to(args.device)

@@ -37,6 +37,13 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor, device: str) -> tup
     return torch.cat(means), torch.cat(stds)
 
 
+@torch.no_grad()
+def encode_contexts(text_encoder: CLIPTextModel, ids: torch.Tensor, device: str) -> torch.Tensor:
+    """The frozen text encoder's output for every caption, computed once (float16[N, 77, d])."""
+    out = [text_encoder(ids[i : i + 4096].to(device))[0].half() for i in range(0, len(ids), 4096)]
+    return torch.cat(out)
+
+
 def main() -> None:
     """Train, checkpointing and logging; save the pipeline."""
     p = parser(__doc__, PIPELINE_DIR, steps=15000, batch_size=64, lr=5e-4)
@@ -45,14 +52,16 @@ def main() -> None:
     p.add_argument("--deadline", type=float, default=None, help="unix time: stop early (and save) when passed")
     args = p.parse_args()
     run = start(args, "unet")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     dev = args.device
     images, rows = corpus_images(args)
     vae = AutoencoderKL.from_pretrained(str(args.components / "vae")).to(dev).eval()
     text_encoder = CLIPTextModel.from_pretrained(str(args.components / "text_encoder")).to(dev).eval()
     tokenizer = load_tokenizer(args.components / "tokenizer")
     mean, std = encode_latents(vae, torch.from_numpy(images), dev)
-    ids = tokenize(tokenizer, [r["caption"] for r in rows]).to(dev)
-    empty = tokenize(tokenizer, [""]).to(dev)
+    contexts = encode_contexts(text_encoder, tokenize(tokenizer, [r["caption"] for r in rows]), dev)
+    empty = encode_contexts(text_encoder, tokenize(tokenizer, [""]), dev)
     scheduler = make_scheduler()
     alphas = scheduler.alphas_cumprod.to(dev)
     unet = make_unet().to(dev)
@@ -74,9 +83,7 @@ def main() -> None:
         b = len(idx)
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g, device=dev)) * vae.config.scaling_factor
         drop = torch.rand(b, generator=g, device=dev) < P_UNCOND
-        tokens = torch.where(drop[:, None], empty, ids[idx])
-        with torch.no_grad():
-            context = text_encoder(tokens)[0]
+        context = torch.where(drop[:, None, None], empty, contexts[idx]).float()
         t = torch.randint(0, len(alphas), (b,), generator=g, device=dev)
         noise = torch.randn(z0.shape, generator=g, device=dev)
         a = alphas[t].view(b, 1, 1, 1)
