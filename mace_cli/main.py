@@ -22,6 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mace_cli.config_io import ConfigError, load_config, parse_concept
+from mace_cli.ops import deploy as ops_deploy
+from mace_cli.ops import ops_app
 
 app = typer.Typer(
     name="mace", help="MACE mass concept erasure as an incremental Prefect pipeline.", no_args_is_help=True,
@@ -29,6 +31,8 @@ app = typer.Typer(
 )
 artifacts_app = typer.Typer(help="Inspect and maintain the artifact store.", no_args_is_help=True)
 app.add_typer(artifacts_app, name="artifacts")
+app.add_typer(ops_app, name="ops")
+app.command("deploy")(ops_deploy)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -325,8 +329,9 @@ def artifacts_gc(
     from tasks._cache import open_store
 
     st = open_store(store)
+    # no --keep: keep every recorded run (the store refuses when none is recorded: that would delete all)
+    removed = st.gc(list(keep) if keep else None)
     runs = list(keep) if keep else [r["run_id"] for r in st.list_runs()]
-    removed = st.gc(runs)
     console.print(f"gc: kept runs {', '.join(runs) or 'none'}; removed {len(removed)} entr(y/ies)")
 
 

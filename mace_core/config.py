@@ -153,7 +153,8 @@ class ExecutionConfig(_Section):
 class MaceConfig(_Section):
     """A whole erasure job: the concepts plus one section per stage."""
 
-    name: str = Field(default="mace-run", min_length=1, max_length=100, description="Run name.")
+    name: str = Field(default="mace-run", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="Run name: letters, digits, '.', '_', '-' (it names the run's manifest).")
     seed: int = Field(default=2024, ge=0, description="Global seed; seed_k = hash(seed, concept).")
     concepts: tuple[Concept, ...] = Field(description="Concepts to erase (at least one).")
     model: ModelConfig = ModelConfig()

@@ -27,6 +27,7 @@ import copy
 import json
 import logging
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,6 +371,23 @@ def train_concept_lora(
 # ---------------------------------------------------------------------------------------------------------
 
 
+def canonical_safetensors(path: Path) -> None:
+    """Rewrite a safetensors header with sorted JSON keys, so equal tensors give equal bytes.
+
+    safetensors serialises ``__metadata__`` from a Rust HashMap: with more than one metadata key (diffusers
+    writes ``format`` and ``lora_adapter_metadata``) the key order, and so the file's sha256, changes from
+    process to process. Tensor data and offsets are untouched; the header keeps its 8-byte alignment.
+    """
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
 def save_lora(factors: LoraFactors, directory: str | os.PathLike) -> Path:
     """Write ``factors`` so that ``pipe.load_lora_weights(directory)`` loads them (diffusers, peft keys).
 
@@ -395,7 +413,9 @@ def save_lora(factors: LoraFactors, directory: str | os.PathLike) -> Path:
     StableDiffusionPipeline.save_lora_weights(
         str(directory), unet_lora_layers=state, unet_lora_adapter_metadata=metadata, weight_name=LORA_WEIGHT_NAME
     )
-    return Path(directory) / LORA_WEIGHT_NAME
+    path = Path(directory) / LORA_WEIGHT_NAME
+    canonical_safetensors(path)
+    return path
 
 
 def load_lora(directory: str | os.PathLike) -> LoraFactors:

@@ -7,8 +7,6 @@ adding a concept to the set trains exactly one new LoRA.
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -26,23 +24,6 @@ from tasks.images import image_files, load_image_tensor
 from tasks.prompts import load_pairs
 
 STAGE, VERSION = "lora", "1"
-
-
-def canonical_safetensors(path: Path) -> None:
-    """Rewrite a safetensors header with sorted JSON keys, so equal tensors give equal bytes.
-
-    safetensors serialises ``__metadata__`` from a Rust HashMap: with more than one metadata key (diffusers
-    writes ``format`` and ``lora_adapter_metadata``) the key order, and so the file's sha256, changes from
-    process to process. Tensor data and offsets are untouched; the header keeps its 8-byte alignment.
-    """
-    raw = path.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    if "__metadata__" in header:
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
 
 
 @task(name="lora", task_run_name="lora-{concept.name}", **TASK_OPTIONS)
@@ -75,7 +56,7 @@ def lora_task(concept: Concept, seed: int, prompts: st.ArtifactRef, images: st.A
                                                    progress=lambda i, n, *a: rec.progress(i, n))
         # 3. publish
         with store.writer(STAGE, key, config=config, inputs=inputs, version=VERSION) as out:
-            canonical_safetensors(core_lora.save_lora(factors, out))
+            core_lora.save_lora(factors, out)
         get_run_logger().info("lora %s: trained %d steps (seed_k=%d)", concept.name, cfg.steps, seed_k)
         return finish(store, STAGE, key)
 

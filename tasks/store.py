@@ -552,7 +552,7 @@ class ArtifactStore:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         p = problems[0]
         return (f"artifact {stage}/{key} is corrupt: {p.kind} {p.path} ({p.detail}){more}; "
-                "delete it (store.delete(stage, key) or `mace artifacts gc`) and rerun to rebuild it")
+                "remove it with `mace artifacts verify --repair` (or store.delete(stage, key)) and rerun to rebuild it")
 
     # -- queries -------------------------------------------------------------------------------------------
 

@@ -56,3 +56,11 @@ def test_concept_equal_to_mapping_and_unknown_type():
 def test_singular_cfr_config_rejected_before_work():
     with pytest.raises(ValidationError, match="cfr.lam > 0 or cfr.prior_weight > 0"):
         MaceConfig(concepts=[CAT])
+
+
+@pytest.mark.parametrize("bad", ["bad name", "../up", "-dash-first", "a/b", "x\n"])
+def test_run_name_must_be_a_safe_manifest_name(bad):
+    """A run name becomes the run manifest's file name: rejected at config time, not after training."""
+    with pytest.raises(ValidationError, match="name"):
+        MaceConfig(name=bad, concepts=[CAT], **OK)
+    assert MaceConfig(name="run-1.v2_ok", concepts=[CAT], **OK).name == "run-1.v2_ok"

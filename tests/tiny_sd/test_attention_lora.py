@@ -1,6 +1,8 @@
 """attention_loss.py and lora.py on tiny pipelines: capture, Eq. 3 loss, peft LoRA training, save/load."""
 
 import copy
+import json
+import os
 
 import pytest
 import torch
@@ -359,3 +361,27 @@ def test_saved_lora_loads_in_diffusers_and_changes_exactly_delta(tiny_dirs, fami
 def test_load_lora_rejects_missing_file(tmp_path):
     with pytest.raises(ValueError, match="save_lora"):
         load_lora(tmp_path)
+
+
+def test_saved_lora_bytes_do_not_depend_on_the_process(tmp_path):
+    """safetensors orders metadata keys by a per-process hash: save_lora canonicalises the header so equal
+    factors give equal bytes (content-addressed artifacts depend on it). Two fresh processes must agree."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch; from mace_core.lora import LoraFactors, save_lora\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "f = {f'down_blocks.{i}.attn2.to_k': (torch.randn(1, 8, generator=g), torch.randn(16, 1, generator=g))"
+        " for i in range(3)}\n"
+        "save_lora(LoraFactors(f, scale=0.5), sys.argv[1])\n"
+    )
+    outs = []
+    for i in range(2):
+        d = tmp_path / f"p{i}"
+        subprocess.run([sys.executable, "-c", script, str(d)], check=True, env={**os.environ, "PYTHONHASHSEED": str(i)})
+        outs.append((d / "pytorch_lora_weights.safetensors").read_bytes())
+    assert outs[0] == outs[1]
+    n = int.from_bytes(outs[0][:8], "little")
+    meta = json.loads(outs[0][8:8 + n])["__metadata__"]
+    assert list(meta) == sorted(meta) and len(meta) >= 2
