@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows.erase import RunReport, erase
 from mace_core.concepts import Concept
 from mace_core.config import MaceConfig
+from tasks import dashboards
 from tasks._cache import open_store
 
 
@@ -65,4 +66,8 @@ def add(req: AddRequest) -> RunReport:
     cfg = changed_config(load_run_config(req.store, req.run), req)
     get_run_logger().info("run %s: +%s -%s", req.run, [c.name for c in req.add], list(req.remove))
     # 2. erase the new set (everything unchanged is a store hit)
-    return erase(cfg)
+    report = erase(cfg)
+    # 3. the same dashboards on the add run itself (the erase subflow run has its own)
+    dashboards.publish_run(report.run_id, report.concept_stages, report.stages, report.output,
+                           wall_s=report.wall_s)
+    return report

@@ -20,15 +20,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from mace_core.concepts import Concept
 from mace_core.config import MaceConfig
 from mace_core.prompts import TEMPLATES
+from tasks import dashboards
 from tasks._cache import LEDGER, RUN_SCOPE, StageEvent, files_digest, model_dir, open_store
 from tasks.cfr import cfr_concept_task, cfr_task
 from tasks.export import export_task, pipeline_dir
 from tasks.fusion import fusion_task
 from tasks.images import images_task
-from tasks.lora import lora_task
 from tasks.masks import BACKENDS, masks_task, uses_masks
 from tasks.prior import caption_path
 from tasks.prompts import prompts_task
+from tasks.remote import lora_runner
 from tasks.stats import stats_task
 
 # Stage order for reports (set stages after per-concept ones).
@@ -61,6 +62,7 @@ class RunReport:
     stages: list[StageRow] = field(default_factory=list)
     wall_s: float = 0.0  # flow body wall time
     busy_s: float = 0.0  # union of task-body intervals (time inside task bodies)
+    concept_stages: dict[str, dict[str, str]] = field(default_factory=dict)  # concept -> stage -> hit|miss|...
 
     @property
     def hits(self) -> int:
@@ -187,13 +189,45 @@ def settle(futures: list[Any]) -> None:
     wait([f for f in futures if f is not None])
     for f in futures:
         if f is not None and f.state.is_failed():
-            f.result()  # raises the task's own exception
+            try:
+                f.result()  # raises the task's own exception
+            except Exception as exc:
+                new = stage_failure(exc, getattr(f, "mace_label", None))
+                if new is exc:
+                    raise
+                raise new from exc
+
+
+def stage_failure(exc: Exception, label: tuple[str, str | None] | None) -> Exception:
+    """``exc`` re-made with a one-line message naming the stage and concept (same type, so callers and
+    retry conditions still see a ValueError as a ValueError); ``exc`` itself when that is not possible."""
+    if label is None:
+        return exc
+    stage, concept = label
+    where = f"{stage} of concept {concept!r}" if concept else f"{stage} (concept set)"
+    msg = f"stage {where} failed: {' '.join(str(exc).split()) or type(exc).__name__}"
+    try:
+        new = type(exc)(msg)
+    except Exception:  # noqa: BLE001 - an exception type with another constructor keeps its own message
+        return exc
+    return new if str(new) == msg else exc
+
+
+def publish_dashboards(cfg: MaceConfig, scope: str, output: str | None = None, failure: str | None = None,
+                       wall_s: float | None = None) -> dict[str, dict[str, str]]:
+    """This run's Prefect artifacts (tasks/dashboards.py) from its ledger; returns the per-concept status."""
+    events = LEDGER.events(scope)
+    status = dashboards.concept_status(events, [c.name for c in sorted(cfg.concepts, key=lambda c: c.key)])
+    dashboards.publish_run(cfg.name, status, summarise(events)[0], output, failure, wall_s)
+    return status
 
 
 def _submit(task_fn: Any, cfg: MaceConfig, concept: str | None, *args: Any, **kwargs: Any) -> Any:
     """Submit with the run's retry policy (tags come from the flow's ``tags`` context)."""
     opts = dict(retries=cfg.execution.retries, retry_delay_seconds=cfg.execution.retry_delay_s)
-    return task_fn.with_options(**opts).submit(*args, **kwargs)
+    future = task_fn.with_options(**opts).submit(*args, **kwargs)
+    future.mace_label = (task_fn.name, concept)  # settle() names the stage and concept of a failure
+    return future
 
 
 @flow(name="mace-erase", flow_run_name="erase-{cfg.name}", task_runner=ThreadPoolTaskRunner(),
@@ -207,6 +241,7 @@ def erase(cfg: MaceConfig) -> RunReport:
     with run_scope() as scope, tags(*run_tags(cfg)):
         # 1. validate everything cheap before any model work
         check_inputs(cfg)
+        lora_fn = lora_runner()  # remote_lora_task when MACE_LORA_DEPLOYMENT names a deployment, else lora_task
         root, ex = cfg.execution.store, cfg.execution
         store = open_store(root)
         concepts = sorted(cfg.concepts, key=lambda c: c.key)  # canonical order: set stages sum in it
@@ -236,9 +271,10 @@ def erase(cfg: MaceConfig) -> RunReport:
         else:
             bases = {c.key: remap for c in concepts}
         # 6. one LoRA per concept, at most execution.lora_concurrency at once
-        loras = {c.key: _submit(lora_task, cfg, c.name, c, cfg.seed, prompts[c.key], images[c.key],
+        loras = {c.key: _submit(lora_fn, cfg, c.name, c, cfg.seed, prompts[c.key], images[c.key],
                                 masks[c.key], bases[c.key], cfg.lora, m, model_digest, root, n_models)
                  for c in concepts}
+        progress = dashboards.LoraProgress(cfg.name, len(loras))
         # 7. closed-form fusion of all LoRAs -> final to_k/to_v weights
         fused = _submit(fusion_task, cfg, None, remap, bases, stats, loras, prior_ref, domain_ref, cfg.fusion,
                         m, model_digest, root, n_models)
@@ -247,8 +283,14 @@ def erase(cfg: MaceConfig) -> RunReport:
                 "concepts": [{"name": c.name, "type": c.type, "mapping": c.mapping} for c in concepts],
                 "lora_base": cfg.lora.base, "fusion": cfg.fusion.method}
         exported_f = _submit(export_task, cfg, None, fused, card, m, model_digest, root, n_models)
-        settle([*prompts.values(), *images.values(), *masks.values(), *stats.values(), remap,
-                *(bases.values() if cfg.lora.base == "independent" else []), *loras.values(), fused, exported_f])
+        progress.track(loras.values())  # the UI's progress bar moves as each LoRA job finishes
+        try:
+            settle([*prompts.values(), *images.values(), *masks.values(), *stats.values(), remap,
+                    *(bases.values() if cfg.lora.base == "independent" else []), *loras.values(), fused,
+                    exported_f])
+        except Exception as exc:
+            publish_dashboards(cfg, scope, failure=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+            raise
         exported = exported_f.result()
         # 9. record the run (every ref it used, so gc keeps them) and report
         refs: dict[str, Any] = {"export": exported, "fusion": fused.result(), "cfr": remap.result()}
@@ -270,6 +312,8 @@ def erase(cfg: MaceConfig) -> RunReport:
         })
         log.info("run %s: %d hits, %d misses -> %s", cfg.name, sum(r.hits for r in rows),
                  sum(r.misses for r in rows), output)
+        status = publish_dashboards(cfg, scope, output=output, wall_s=wall)
         return RunReport(run_id=cfg.name, concepts=[c.name for c in concepts], output=output,
-                         refs={k: v.id for k, v in refs.items()}, stages=rows, wall_s=wall, busy_s=busy)
+                         refs={k: v.id for k, v in refs.items()}, stages=rows, wall_s=wall, busy_s=busy,
+                         concept_stages=status)
 

@@ -10,7 +10,9 @@ old failed child (a bare content hash would return that failed run forever). A *
 child (dead worker) must start a new child, so attempts after the first append ``:attempt-<n>``.
 
 Where it runs is set by the environment of the parent process, never by the config (nothing here changes
-an artifact key): ``MACE_LORA_DEPLOYMENT`` (default ``mace-train-lora/gpu``) and ``MACE_REMOTE_POLL_S``.
+an artifact key): ``MACE_LORA_DEPLOYMENT`` and ``MACE_REMOTE_POLL_S``. :func:`lora_runner` is the switch the
+erase flow reads: ``MACE_LORA_DEPLOYMENT`` set (e.g. ``mace-train-lora/gpu``) sends every LoRA miss to that
+deployment; unset, empty or ``local``, LoRAs train in-process with :func:`tasks.lora.lora_task`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,46 @@ from tasks._cache import TASK_OPTIONS, cached_stage, key_for, open_store
 from tasks.lora import STAGE, VERSION
 
 DEFAULT_DEPLOYMENT = "mace-train-lora/gpu"
+LOCAL = ("", "local", "in-process", "none")
+
+
+def lora_deployment() -> str | None:
+    """The deployment LoRA jobs go to (``MACE_LORA_DEPLOYMENT``), or None: train in-process."""
+    value = os.environ.get("MACE_LORA_DEPLOYMENT", "").strip()
+    return None if value.lower() in LOCAL else value
+
+
+def lora_runner() -> Any:
+    """The LoRA task of this process: :func:`remote_lora_task` when a deployment is named, else ``lora_task``.
+
+    Remote jobs need a Prefect server that workers poll: with ``MACE_LORA_DEPLOYMENT`` set but no
+    ``PREFECT_API_URL`` (an ephemeral in-process API) no worker could ever pick a job up, so this fails at
+    once with a one-line ValueError instead of waiting forever.
+    """
+    from tasks.lora import lora_task
+
+    deployment = lora_deployment()
+    if deployment is None:
+        return lora_task
+    if "/" not in deployment:
+        raise ValueError(f"MACE_LORA_DEPLOYMENT={deployment!r} is not '<flow name>/<deployment name>' "
+                         f"(e.g. {DEFAULT_DEPLOYMENT!r}); unset it to train LoRAs in-process")
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise ValueError(f"MACE_LORA_DEPLOYMENT={deployment!r} sends LoRA jobs to workers, but no Prefect server "
+                         "is set: export PREFECT_API_URL (and PREFECT_API_AUTH_STRING), or unset "
+                         "MACE_LORA_DEPLOYMENT to train in-process")
+    return remote_lora_task
+
+
+def shared_store_url(store_root: str) -> str:
+    """The store as a worker must see it: a local relative path made absolute (workers have another cwd)."""
+    if "://" in store_root:
+        return store_root
+    from pathlib import Path
+
+    return str(Path(store_root).expanduser().resolve())
 
 
 class RemoteJobCrashed(RuntimeError):
@@ -111,10 +153,10 @@ def remote_lora_task(concept: Concept, seed: int, prompts: st.ArtifactRef, image
         if rec.ref is not None:
             return rec.ref
         # 1. one child flow run per (parent run, artifact key, attempt)
-        deployment = os.environ.get("MACE_LORA_DEPLOYMENT", DEFAULT_DEPLOYMENT)
+        deployment = lora_deployment() or DEFAULT_DEPLOYMENT
         parent, attempt = _run_scope()
         params = child_parameters(concept, seed, prompts, images, masks, base, cfg, model, model_digest,
-                                  store_root)
+                                  shared_store_url(store_root))
         run = start_child(deployment, params, idempotency_key(parent, key, attempt), concept.name)
         # 2. the child's verdict; its artifact is read back from the shared store, never from Prefect
         state = run.state

@@ -1,8 +1,8 @@
 """LoRA jobs on Prefect workers: an authenticated server on 127.0.0.1, a process pool, two workers.
 
-An erase of 3 concepts runs in this process with ``flows.erase.lora_task`` swapped for
-``tasks.remote.remote_lora_task`` (the one line the erase flow switches on); every LoRA then runs as its own
-``mace-train-lora`` flow run on a worker and writes to a shared local store. The LoRA artifacts and the final
+An erase of 3 concepts runs in this process with ``MACE_LORA_DEPLOYMENT=mace-train-lora/gpu`` (the erase
+flow's switch, ``tasks.remote.lora_runner``); every LoRA then runs as its own ``mace-train-lora`` flow run on
+a worker and writes to a shared local store. The LoRA artifacts and the final
 model must be byte-identical to an in-process erase of the same config. Then one worker is killed (with its
 flow-run process, as a dead host) mid-job: the zombie automation marks the run Crashed, the parent task's
 retry re-submits under a new idempotency scope, the other worker trains it, and the result is unchanged.
@@ -67,17 +67,18 @@ def in_process(server, tiny_model, tmp_path_factory):
     store = str(tmp_path_factory.mktemp("store_local"))
     cfg = make_config(tiny_model, store, concepts=CONCEPTS, execution={"store": store, "retries": 2,
                                                                        "retry_delay_s": 1})
-    return cfg, store, erase(cfg)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MACE_LORA_DEPLOYMENT", raising=False)  # the switch off: LoRAs train in this process
+        return cfg, store, erase(cfg)
 
 
 def remote_erase(monkeypatch, cfg):
-    import flows.erase
-    from tasks.remote import remote_lora_task
+    """The erase flow with its switch on: ``MACE_LORA_DEPLOYMENT`` sends LoRA jobs to the gpu pool."""
+    from flows.erase import erase
 
-    monkeypatch.setattr(flows.erase, "lora_task", remote_lora_task)
     monkeypatch.setenv("MACE_LORA_DEPLOYMENT", "mace-train-lora/gpu")
     monkeypatch.setenv("MACE_REMOTE_POLL_S", "1")
-    return flows.erase.erase(cfg)
+    return erase(cfg)
 
 
 def test_lora_jobs_run_on_workers_and_equal_in_process(cluster, in_process, tmp_path, monkeypatch):
@@ -92,6 +93,7 @@ def test_lora_jobs_run_on_workers_and_equal_in_process(cluster, in_process, tmp_
     assert all(r.state.is_completed() for r in runs), [(r.name, r.state.name) for r in runs]
     workers = {r.labels.get("prefect.worker.name") for r in runs}
     assert workers == set(WORKERS), workers
+    assert {c: s["lora"] for c, s in report_b.concept_stages.items()} == {c: "miss" for c in CONCEPTS}
     # 2. same LoRA keys, byte-identical LoRA files, and the same final model as the in-process run
     lora_ids = sorted(v for k, v in report_a.refs.items() if k.startswith("lora/"))
     assert lora_ids == sorted(v for k, v in report_b.refs.items() if k.startswith("lora/"))
@@ -100,8 +102,9 @@ def test_lora_jobs_run_on_workers_and_equal_in_process(cluster, in_process, tmp_
     assert same_weights(final_weights(store_a, report_a), final_weights(store_b, report_b))
     # 3. a rerun is all store hits: no new child runs
     t1 = time.time()
-    remote_erase(monkeypatch, cfg_b)
+    again = remote_erase(monkeypatch, cfg_b)
     assert lora_runs(since=t1) == []
+    assert all(v == "hit" for row in again.concept_stages.values() for v in row.values()), again.concept_stages
 
 
 def test_killed_worker_job_is_retried_and_result_unchanged(cluster, in_process, tmp_path, monkeypatch):

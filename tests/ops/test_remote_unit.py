@@ -96,3 +96,29 @@ def test_watcher_builds_the_add_request(tmp_path):
     req = ops.add_request(f, "prod", "s3://b/m", recorded=["cat", "horse"])
     assert [c["name"] for c in req["add"]] == ["dog"] and req["remove"] == ["horse"]
     assert ops.add_request(f, "prod", "x", recorded=["cat", "dog"]) is None
+
+
+def test_lora_runner_switch(monkeypatch):
+    """MACE_LORA_DEPLOYMENT picks remote LoRA jobs; unset/'local' trains in-process; no server fails in one line."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.lora import lora_task
+
+    monkeypatch.delenv("MACE_LORA_DEPLOYMENT", raising=False)
+    assert remote.lora_runner() is lora_task
+    monkeypatch.setenv("MACE_LORA_DEPLOYMENT", "local")
+    assert remote.lora_runner() is lora_task
+    monkeypatch.setenv("MACE_LORA_DEPLOYMENT", "mace-train-lora/gpu")
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert remote.lora_runner() is remote.remote_lora_task
+    with temporary_settings(updates={PREFECT_API_URL: None}), pytest.raises(ValueError, match="PREFECT_API_URL"):
+        remote.lora_runner()
+    monkeypatch.setenv("MACE_LORA_DEPLOYMENT", "gpu")
+    with pytest.raises(ValueError, match="'<flow name>/<deployment name>'"):
+        remote.lora_runner()
+
+
+def test_child_store_is_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert remote.shared_store_url("artifacts") == str(tmp_path / "artifacts")
+    assert remote.shared_store_url("s3://bucket/mace") == "s3://bucket/mace"
