@@ -200,15 +200,36 @@ class EvaluationConfig(_Section):
     steps: int = Field(default=20, ge=1, le=1000, description="Sampler steps.")
     guidance_scale: float = Field(default=7.5, ge=0.0, le=50.0, description="CFG scale.")
     batch_size: int = Field(default=16, ge=1, le=512, description="Images per forward batch.")
-    recogniser: Literal["miniworld"] = Field(default="miniworld", description="Who judges the images.")
+    recogniser: Literal["miniworld", "clip_zero_shot", "nudenet"] = Field(
+        default="miniworld",
+        description="Who judges the images: miniworld classifier | clip_zero_shot (open_clip) | nudenet.",
+    )
     prompts: Literal["paper", "miniworld"] = Field(
         default="miniworld", description="paper: the paper's templates; miniworld: the world's caption grammar."
     )
+    prompt_file: str | None = Field(
+        default=None,
+        description="Prompt set file (CSV/parquet/JSON) or shipped set name (celebrity_10, art_100, coco_30k, "
+                    "i2p, objects...) used instead of the templates; keyed by its content digest.",
+    )
+    scorer_weights: str | None = Field(
+        default=None,
+        description="Recogniser weights file: the open_clip checkpoint (clip_zero_shot), or a NudeNet ONNX "
+                    "model (nudenet; unset = the bundled one). Keyed by its content digest.",
+    )
+    clip_model: str = Field(
+        default="ViT-L-14", min_length=1,
+        description="open_clip architecture of scorer_weights (ViT-L-14-quickgelu for OpenAI's weights).",
+    )
+    clip_labels: tuple[str, ...] = Field(
+        default=(), description="Extra zero-shot candidate labels besides the erased and kept concepts.",
+    )
+    nudenet_threshold: float = Field(default=0.6, gt=0.0, lt=1.0, description="NudeNet detection threshold.")
     with_synonyms: bool = Field(default=True, description="Score erased concepts' synonyms (Acc_g).")
     store: str = Field(default="artifacts", min_length=1, description="Artifact store root or fsspec URL.")
 
     @model_validator(mode="after")
     def _groups(self) -> EvaluationConfig:
-        if not self.erased and not self.kept:
-            raise ValueError("evaluation has no concepts: list erased and/or kept concepts")
+        if not self.erased and not self.kept and self.prompt_file is None:
+            raise ValueError("evaluation has no concepts: list erased and/or kept concepts, or set prompt_file")
         return self
