@@ -13,7 +13,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from mace_core import recognisers
-from mace_core.config import EvaluationConfig
+from mace_core.concepts import Concept
+from mace_core.config import EvaluationConfig, MaceConfig
 from tasks import store as st
 from tasks._cache import files_digest, key_for, model_dir, open_store
 from tasks.evaluate import evaluate_task, load_metrics, load_rows
@@ -98,3 +99,28 @@ def evaluate(cfg: EvaluationConfig, reference_model: str | None = None) -> Evalu
         markdown=f"{table}\n\nGrid (reference top, model bottom): `{report_dir / 'grid.png'}`")
     log.info("evaluation: %s", metrics["accuracy"])
     return EvaluationReport(metrics=metrics, reference_metrics=ref_metrics, report_dir=str(report_dir))
+
+
+def miniworld_kept(erased: tuple[Concept, ...], per_type: int = 5) -> tuple[Concept, ...]:
+    """Default kept set on the miniworld: up to ``per_type`` world labels of each erased type, not erased."""
+    from miniworld.world import IDENTITIES, OBJECT_CLASSES, STYLES
+
+    names = {"object": OBJECT_CLASSES, "identity": IDENTITIES, "style": STYLES}
+    gone = {c.key for c in erased}
+    kept: list[Concept] = []
+    for ctype in sorted({c.type for c in erased} & set(names)):
+        free = [n for n in names[ctype] if n.casefold() not in gone][:per_type]
+        kept += [Concept(name=n, type=ctype, mapping=f"not {n}") for n in free]
+    return tuple(kept)
+
+
+def plan_for_run(cfg: MaceConfig, output: str) -> tuple[EvaluationConfig, str]:
+    """The evaluation of an erase run: its output vs its base model, on ``cfg.evaluation``'s plan."""
+    plan = cfg.evaluation
+    kept = plan.kept
+    if not kept and cfg.model.path == "miniworld":
+        kept = miniworld_kept(cfg.concepts)
+    ecfg = EvaluationConfig(model=output, erased=cfg.concepts, kept=kept, seeds_per_prompt=plan.seeds_per_prompt,
+                            steps=plan.steps, guidance_scale=plan.guidance_scale, batch_size=plan.batch_size,
+                            prompts=plan.prompts, with_synonyms=plan.with_synonyms, store=cfg.execution.store)
+    return ecfg, cfg.model.path

@@ -84,11 +84,13 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "config") -> Mace
         raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
 
 
-def load_config(path: str | Path, store: str | None = None) -> MaceConfig:
-    """Read and validate a config file; ``store`` overrides ``execution.store``."""
+def load_config(path: str | Path, store: str | None = None, name: str | None = None) -> MaceConfig:
+    """Read and validate a config file; ``store`` overrides ``execution.store``, ``name`` the run name."""
     data = read_mapping(path)
     if store is not None:
         data["execution"] = {**(data.get("execution") or {}), "store": store}
+    if name is not None:
+        data["name"] = name  # validated with the rest (a name is a manifest file name)
     return config_from_mapping(data, str(path))
 
 

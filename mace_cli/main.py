@@ -174,19 +174,128 @@ def erase(
     config: Annotated[Path, typer.Argument(help="Config file (.yaml/.toml); see docs/CONFIG.md and configs/.")],
     store: Annotated[str | None, typer.Option("--store", "-s", help="Override execution.store.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Record the run under this name.")] = None,
+    evaluate: Annotated[bool, typer.Option("--evaluate", "-e", help="Then score erased vs kept concepts, "
+                                           "before (base model) and after (see the config's evaluation section).")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Erase the config's concepts; the model lands in the store (path printed at the end)."""
-    cfg = load_config(config, store=store)
-    if name is not None:
-        cfg = cfg.model_copy(update={"name": name})
+    cfg = load_config(config, store=store, name=name)
     _prefect_env()
     from flows.erase import check_inputs
 
     check_inputs(cfg)  # one-line errors before Prefect starts
+    if evaluate:
+        _check_evaluation(cfg)
     from flows.erase import erase as erase_flow
 
-    _run_flow(lambda: erase_flow(cfg), verbose)
+    report = _run_flow(lambda: erase_flow(cfg), verbose)
+    if evaluate:
+        from flows.evaluate import plan_for_run
+
+        ecfg, reference = plan_for_run(cfg, report.output)
+        _run_evaluation(ecfg, reference, verbose)
+
+
+def _check_evaluation(cfg: Any) -> None:
+    """Fail before erasing when the evaluation could not run (e.g. a concept the recogniser cannot judge)."""
+    from flows.evaluate import plan_for_run
+    from mace_core import recognisers
+
+    ecfg, _ = plan_for_run(cfg, cfg.model.path)
+    recognisers.check_recognisable(ecfg.recogniser, [c.name for c in (*ecfg.erased, *ecfg.kept)])
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def evaluation_tables(report: Any, reference: str | None, model: str) -> list[Table]:
+    """Before/after accuracy per group (and H_o/H_c), then per concept."""
+    groups = (("erased", "erased concepts (lower is better)"), ("synonym", "their synonyms (lower is better)"),
+              ("kept", "kept concepts (higher is better)"))
+    summary = Table(title="classifier accuracy, %")
+    summary.add_column("model")
+    for _, title in groups:
+        summary.add_column(title, justify="right")
+    summary.add_column("H_o", justify="right")
+    summary.add_column("H_c", justify="right")
+    rows = [("before", report.reference_metrics)] if report.reference_metrics else []
+    rows.append(("after", report.metrics))
+    summary.caption = (f"before = {reference}\n" if report.reference_metrics else "") + f"after = {model}"
+    summary.caption_justify = "left"
+    for label, m in rows:
+        summary.add_row(label, *(_pct(m["accuracy"].get(g)) for g, _ in groups), _pct(m.get("h_o")), _pct(m.get("h_c")))
+    per = Table(title="per concept, % recognised")
+    for col in ("group", "concept", "before", "after"):
+        per.add_column(col, justify="right" if col in ("before", "after") else "left")
+    before = (report.reference_metrics or {}).get("per_concept", {})
+    for g, _ in groups:
+        for concept, acc in sorted(report.metrics.get("per_concept", {}).get(g, {}).items()):
+            per.add_row(g, concept, _pct(before.get(g, {}).get(concept)), _pct(acc))
+    return [summary, per]
+
+
+def _run_evaluation(ecfg: Any, reference: str | None, verbose: bool) -> Any:
+    from flows.evaluate import evaluate as evaluate_flow
+
+    with quiet_prefect(verbose), stage_progress(True):
+        report = evaluate_flow(ecfg, reference_model=reference)
+    for table in evaluation_tables(report, reference, ecfg.model):
+        console.print(table)
+    console.print(f"report (metrics + before/after grid): {report.report_dir}")
+    return report
+
+
+@app.command("eval")
+@cli_errors
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="A recorded run, a diffusers pipeline directory, or 'miniworld'.")],
+    erased: Annotated[list[str] | None, typer.Option("--erased", help="Concept expected gone, name[:type] "
+                                                    "(default for a run: the run's concepts).")] = None,
+    kept: Annotated[list[str] | None, typer.Option("--kept", "-k", help="Concept expected kept, name[:type] "
+                                                  "(default on the miniworld: 5 others of each erased type).")] = None,
+    reference: Annotated[str | None, typer.Option("--reference", help="Model to compare with (default for a run: "
+                                                  "its base model).")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, max=1000, help="Images per prompt.")] = 8,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000)] = 20,
+    guidance: Annotated[float, typer.Option("--guidance", min=0.0, max=50.0)] = 7.5,
+    prompts: Annotated[str, typer.Option("--prompts", help="miniworld (the world's grammar) or paper "
+                                         "(the paper's templates).")] = "miniworld",
+    store: StoreOpt = DEFAULT_STORE,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Score a model on the paper's protocol (Acc_e, Acc_s, Acc_g, H_o, H_c), before vs after."""
+    from mace_core import recognisers
+    from mace_core.concepts import Concept
+    from mace_core.config import EvaluationConfig
+
+    def parse(spec: str) -> Concept:
+        name, _, ctype = spec.partition(":")
+        return parse_concept(f"{name}:{ctype or 'object'}:not {name}")
+
+    path, base, run_concepts = _resolve_model(model, store)
+    erased_c = tuple(parse(e) for e in erased) if erased else run_concepts
+    kept_c = tuple(parse(k) for k in kept) if kept else ()
+    if not kept_c and "miniworld" in (base, model):
+        from flows.evaluate import miniworld_kept
+
+        kept_c = miniworld_kept(erased_c)
+    ecfg = EvaluationConfig(model=path, erased=erased_c, kept=kept_c, seeds_per_prompt=seeds, steps=steps,
+                            guidance_scale=guidance, prompts=prompts, store=store)
+    recognisers.check_recognisable(ecfg.recogniser, [c.name for c in (*ecfg.erased, *ecfg.kept)])
+    _prefect_env()
+    _run_evaluation(ecfg, reference or base, verbose)
+
+
+def _resolve_model(model: str, store: str) -> tuple[str, str | None, tuple[Any, ...]]:
+    """(pipeline path, base model, erased concepts) of a run name; (model, None, ()) for a model path."""
+    if Path(model).exists() or model == "miniworld":
+        return model, None, ()
+    from flows.add import load_run_config
+    from tasks._cache import open_store
+
+    cfg = load_run_config(store, model)
+    return open_store(store).read_run(model)["meta"]["output"], cfg.model.path, cfg.concepts
 
 
 @app.command()
@@ -348,14 +457,7 @@ def generate(
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Generate images from an erased (or any) model."""
-    path = model
-    if not Path(model).exists() and model != "miniworld":
-        from flows.add import load_run_config  # a run name: its exported pipeline
-        from tasks._cache import open_store
-
-        load_run_config(store, model)
-        record = open_store(store).read_run(model)
-        path = record["meta"]["output"]
+    path, _, _ = _resolve_model(model, store)
     from mace_core import generate as core_generate
     from mace_core import models
 

@@ -150,6 +150,20 @@ class ExecutionConfig(_Section):
     retry_delay_s: float = Field(default=2.0, ge=0.0, le=3600.0, description="Seconds between retries.")
 
 
+class EvaluationPlan(_Section):
+    """How ``mace erase --evaluate`` scores the erased model against the base model (paired seeds)."""
+
+    kept: tuple[Concept, ...] = Field(default=(), description="Concepts that must survive (Acc_s).")
+    seeds_per_prompt: int = Field(default=8, ge=1, le=1000, description="Images per prompt.")
+    steps: int = Field(default=20, ge=1, le=1000, description="Sampler steps.")
+    guidance_scale: float = Field(default=7.5, ge=0.0, le=50.0, description="CFG scale.")
+    batch_size: int = Field(default=16, ge=1, le=512, description="Images per forward batch.")
+    prompts: Literal["paper", "miniworld"] = Field(
+        default="miniworld", description="paper: the paper's templates; miniworld: the world's caption grammar."
+    )
+    with_synonyms: bool = Field(default=True, description="Score erased concepts' synonyms (Acc_g).")
+
+
 class MaceConfig(_Section):
     """A whole erasure job: the concepts plus one section per stage."""
 
@@ -166,6 +180,7 @@ class MaceConfig(_Section):
     lora: LoraConfig = LoraConfig()
     fusion: FusionConfig = FusionConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    evaluation: EvaluationPlan = EvaluationPlan()
 
     @model_validator(mode="after")
     def _concepts(self) -> MaceConfig:
@@ -176,6 +191,9 @@ class MaceConfig(_Section):
             if c.key in seen:
                 raise ValueError(f"duplicate concept {c.name!r}: list each concept once")
             seen[c.key] = c.name
+        both = sorted(c.name for c in self.evaluation.kept if c.key in seen)
+        if both:
+            raise ValueError(f"evaluation.kept lists erased concept(s) {both}: keep only concepts not erased")
         needs_prior = self.cfr.lam == 0 and self.cfr.prior_weight == 0
         if needs_prior:
             raise ValueError(
