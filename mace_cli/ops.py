@@ -231,7 +231,7 @@ def watch_once(path: Path, run: str, store: str, last_digest: str, deployment: s
 
     from tasks._cache import open_store
 
-    recorded = open_store(store).read_run(run).get("concepts", [])
+    recorded = open_store(store).read_run(run)["meta"].get("concepts", [])
     req = add_request(path, run, store, recorded)
     if req is not None:
         fr = run_deployment(deployment, parameters={"req": req}, timeout=0,

@@ -122,3 +122,32 @@ def test_child_store_is_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert remote.shared_store_url("artifacts") == str(tmp_path / "artifacts")
     assert remote.shared_store_url("s3://bucket/mace") == "s3://bucket/mace"
+
+
+def test_watch_once_starts_add_for_the_recorded_difference(tmp_path, monkeypatch):
+    """A changed concept file starts mace-add with exactly the difference to the run's recorded concepts."""
+    import prefect.deployments
+
+    from mace_cli import ops
+    from tasks._cache import open_store
+
+    store = str(tmp_path / "store")
+    open_store(store).record_run("prod", [], {"concepts": ["cat", "horse"]})
+    f = tmp_path / "concepts.txt"
+    f.write_text("cat\ndog,object,forest\n")
+    started = []
+
+    class Run:
+        name = "add-prod"
+
+    def fake_run_deployment(name, parameters, **kw):
+        started.append((name, parameters, kw["idempotency_key"]))
+        return Run()
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", fake_run_deployment)
+    digest = ops.watch_once(f, "prod", store, last_digest="")
+    assert digest == ops.file_digest(f) and len(started) == 1
+    name, params, idem = started[0]
+    assert name == "mace-add/default" and idem == f"concepts:prod:{digest}"
+    assert [c["name"] for c in params["req"]["add"]] == ["dog"] and params["req"]["remove"] == ["horse"]
+    assert ops.watch_once(f, "prod", store, last_digest=digest) == digest and len(started) == 1  # unchanged
