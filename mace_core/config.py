@@ -88,6 +88,7 @@ class PriorConfig(_Section):
 class CFRConfig(_Section):
     """Closed-form cross-attention refinement (spec Stage E, paper Eq. 1-2)."""
 
+    enabled: bool = Field(default=True, description="false: M = I, LoRAs train on W0 (the 'LoRA only' ablation).")
     lam: float = Field(default=0.0, ge=0.0, description="Weight of ||W - W0||^2.")
     prior_weight: float = Field(default=0.0, ge=0.0, description="Weight on the general prior Gram.")
     domain_weight: float = Field(default=0.0, ge=0.0, description="pw: domain Gram relative weight.")
@@ -100,6 +101,7 @@ class CFRConfig(_Section):
 class LoraConfig(_Section):
     """Per-concept LoRA training with the masked attention loss (spec Stage F, paper Eq. 3-5)."""
 
+    enabled: bool = Field(default=True, description="false: no LoRAs, the model is W0·M (the 'CFR only' ablation).")
     rank: int = Field(default=1, ge=1, le=128, description="LoRA rank r.")
     learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0, description="AdamW learning rate.")
     steps: int = Field(default=50, ge=1, le=100_000, description="Optimizer steps.")

@@ -29,6 +29,8 @@ def _digest(ref: st.ArtifactRef | None) -> str:
 def _solve(store: st.ArtifactStore, stats: list[st.ArtifactRef], prior: st.ArtifactRef | None,
            domain: st.ArtifactRef | None, cfg: CFRConfig) -> torch.Tensor:
     total = sum((load_stats(store, r) for r in stats[1:]), load_stats(store, stats[0]))
+    if not cfg.enabled:  # the "LoRA only" ablation: no closed-form refinement, M = I
+        return torch.eye(total.A.shape[0], dtype=total.A.dtype)
     K = core_cfr.prior_term(load_gram(store, prior), load_gram(store, domain), cfg.prior_weight,
                             cfg.domain_weight, square_weight=cfg.square_prior_weight)
     return core_cfr.cfr_remap(total.A, total.B, K, cfg.lam)

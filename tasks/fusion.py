@@ -41,7 +41,7 @@ def fusion_task(remap: st.ArtifactRef, bases: dict[str, st.ArtifactRef], stats: 
             W0 = unet_layers.get_projection_weights(pipe.unet)
         M = load_remap(store, remap)
         factors = [load_factors(store, loras[n]) for n in names]
-        if cfg.method == "naive":
+        if cfg.method == "naive" or not names:  # no LoRAs (lora.enabled=false, "CFR only"): exactly W0·M
             weights = core_fuse.fuse_naive(W0, M, factors)
         else:
             terms = [core_fuse.FusionTerm(load_remap(store, bases[n]), load_stats(store, stats[n]).G, f)
