@@ -59,7 +59,7 @@ def changed_config(base: MaceConfig, req: AddRequest) -> MaceConfig:
     return MaceConfig.model_validate(data)
 
 
-@flow(name="mace-add", flow_run_name="add-{req.run}", persist_result=False, validate_parameters=False)
+@flow(name="mace-add", flow_run_name="add-{req.run}", persist_result=False)  # validated: deployments pass JSON
 def add(req: AddRequest) -> RunReport:
     """Erase the run's concept set with ``req.add`` added and ``req.remove`` removed."""
     # 1. the run's recorded config, changed

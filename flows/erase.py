@@ -231,7 +231,7 @@ def _submit(task_fn: Any, cfg: MaceConfig, concept: str | None, *args: Any, **kw
 
 
 @flow(name="mace-erase", flow_run_name="erase-{cfg.name}", task_runner=ThreadPoolTaskRunner(),
-      persist_result=False, validate_parameters=False)
+      persist_result=False)  # parameters validated: a deployment run passes cfg as JSON, not a MaceConfig
 def erase(cfg: MaceConfig) -> RunReport:
     """Erase ``cfg.concepts`` from ``cfg.model``; record the run in the store under ``cfg.name``."""
     from flows.prior import prior as prior_flow

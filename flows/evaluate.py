@@ -29,6 +29,8 @@ class EvaluationReport:
     metrics: dict
     reference_metrics: dict | None
     report_dir: str
+    model_ref: str = ""  # "evaluation/<key>": images, per-image rows and metrics of the model
+    reference_ref: str = ""  # the same for the reference model ("" without one)
 
 
 def _fmt(x: float | None) -> str:
@@ -67,7 +69,7 @@ def image_grid(rows_a: list[dict], dir_a, rows_b: list[dict] | None, dir_b, per_
     return grid
 
 
-@flow(name="mace-evaluate", flow_run_name="evaluate-{cfg.model}", persist_result=False, validate_parameters=False)
+@flow(name="mace-evaluate", flow_run_name="evaluate-{cfg.model}", persist_result=False)  # validated: deployments pass JSON
 def evaluate(cfg: EvaluationConfig, reference_model: str | None = None) -> EvaluationReport:
     """Score ``cfg.model`` (and ``reference_model``, e.g. the base model) on the same seeded prompts."""
     log = get_run_logger()
@@ -98,7 +100,8 @@ def evaluate(cfg: EvaluationConfig, reference_model: str | None = None) -> Evalu
         key="mace-evaluation", description=f"Erasure metrics for {cfg.model}",
         markdown=f"{table}\n\nGrid (reference top, model bottom): `{report_dir / 'grid.png'}`")
     log.info("evaluation: %s", metrics["accuracy"])
-    return EvaluationReport(metrics=metrics, reference_metrics=ref_metrics, report_dir=str(report_dir))
+    return EvaluationReport(metrics=metrics, reference_metrics=ref_metrics, report_dir=str(report_dir),
+                            model_ref=ref.id, reference_ref=ref_ref.id if ref_ref else "")
 
 
 def miniworld_kept(erased: tuple[Concept, ...], per_type: int = 5) -> tuple[Concept, ...]:

@@ -19,7 +19,7 @@ from tasks.prior import captions_task, domain_prior_task, load_count, prior_merg
 
 
 @flow(name="mace-prior", flow_run_name="prior-{cfg.name}", task_runner=ThreadPoolTaskRunner(),
-      persist_result=False, validate_parameters=False)
+      persist_result=False)  # validated: deployment runs pass cfg as JSON
 def prior(cfg: MaceConfig) -> tuple[st.ArtifactRef | None, st.ArtifactRef | None]:
     """(P, D) refs for ``cfg.model`` and ``cfg.prior``; D is None without a retain list."""
     from flows.erase import dominant_type, needs_domain, settle

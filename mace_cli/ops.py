@@ -400,6 +400,23 @@ def worker_cmd(
     raise typer.Exit(subprocess.call(worker_command(pool, name, limit), cwd=REPO, env=env))
 
 
+@ops_app.command("params")
+def params_cmd(
+    config: Annotated[Path, typer.Argument(help="Erase config file (.yaml/.toml), as for `mace erase`.")],
+    store: Annotated[str | None, typer.Option("--store", "-s", help="Override execution.store (use the shared "
+                                              "store the workers see).")] = None,
+) -> None:
+    """Print a config as the JSON parameters of mace-erase/default (`prefect deployment run --params`)."""
+    from mace_cli.config_io import load_config
+
+    try:
+        cfg = load_config(config, store=store)
+    except Exception as exc:  # noqa: BLE001 - one line, like every mace command
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"cfg": cfg.model_dump(mode="json")}, separators=(",", ":")))
+
+
 @ops_app.command("watch-concepts")
 def watch_cmd(
     path: Annotated[Path, typer.Argument(help="Concept-list file (yaml/json list or 'name,type,mapping' lines).")],

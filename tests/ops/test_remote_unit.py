@@ -151,3 +151,24 @@ def test_watch_once_starts_add_for_the_recorded_difference(tmp_path, monkeypatch
     assert name == "mace-add/default" and idem == f"concepts:prod:{digest}"
     assert [c["name"] for c in params["req"]["add"]] == ["dog"] and params["req"]["remove"] == ["horse"]
     assert ops.watch_once(f, "prod", store, last_digest=digest) == digest and len(started) == 1  # unchanged
+
+
+def test_deployed_flows_validate_parameters_and_nightly_defaults_are_valid():
+    """A deployment run hands a flow JSON: each deployed flow must validate it into its pydantic types (a flow
+    with validate_parameters=False would get dicts and fail on ``cfg.name``), and the nightly defaults parse."""
+    import importlib
+
+    import yaml
+
+    from mace_cli.ops import REPO
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    for d in spec["deployments"]:
+        path, fn = d["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), fn)
+        assert flow.should_validate_parameters, d["entrypoint"]
+    nightly = next(d for d in spec["deployments"] if d["name"] == "nightly")
+    text = json.dumps(nightly["parameters"]).replace("{{ $MACE_EVAL_MODEL }}", "miniworld")
+    params = json.loads(text.replace("{{ $MACE_STORE }}", "artifacts"))
+    flow = importlib.import_module("flows.evaluate").evaluate
+    assert [c.name for c in flow.validate_parameters(params)["cfg"].erased] == ["cat", "dog", "ship"]
