@@ -88,14 +88,3 @@ def load_classifier(path: Path | str | None = None, device: str = "cpu") -> Mini
     model.load_state_dict(state)
     return model.to(device).eval()
 
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to features a[N, F] and b[M, F] (float64)."""
-    a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-    # tr(sqrt(cov_a cov_b)) from the eigenvalues of sqrt(cov_a) cov_b sqrt(cov_a) (symmetric PSD).
-    ev, vec = torch.linalg.eigh(cov_a)
-    sqrt_a = vec @ torch.diag(ev.clamp_min(0).sqrt()) @ vec.T
-    cross = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp_min(0).sqrt().sum()
-    return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)

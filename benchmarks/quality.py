@@ -1,0 +1,342 @@
+"""Erasure quality on the miniworld: the paper's protocol (section 4) and its ablations, measured.
+
+    python -m benchmarks.quality                          # every suite, default sizes
+    python -m benchmarks.quality --suites objects --seeds 8
+
+Suites (each an erase run per setting through ``flows.erase`` + a paired evaluation through ``flows.evaluate``,
+all cached in one artifact store, so a rerun is cheap and LoRAs are shared between settings that contain the
+same concept):
+
+- ``objects``: erase each of the 10 object classes alone (kept: the other 9; synonyms: Acc_g) -> H_o per class;
+  and all 10 together (Acc_e, Acc_g; no kept class is left, so no H_o).
+- ``ablation``: erase 5 classes (kept: the other 5) with CFR only, LoRA only, naive fusion, full MACE, and full
+  MACE with the ``joint`` LoRA base.
+- ``identities``: erase the first N of identities 100-199 (N in --identities) keeping identities 0-99 -> H_c.
+- ``styles``: erase 10 styles keeping the other 10: style-head accuracy and CLIP_e / CLIP_s / H_a from the
+  miniworld CLIP.
+- ``heldout``: specificity on held-out captions: Fréchet distance on classifier features to the captions'
+  ground-truth renders and CLIP score, original vs the 10-object model.
+
+Writes ``benchmarks/results/quality.json``, ``quality.md`` and ``quality_identities.png``. The original model is
+the reference row of every table. The configs are the shipped presets (configs/miniworld-*.yaml) with only the
+concept lists changed; nothing was tuned on these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+PRESETS = Path(__file__).resolve().parents[1] / "configs"
+OBJECT_MAPPING = "meadow"  # a scene of the world: "a photo of a cat" -> "a photo of a meadow"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------------------------------
+
+
+def make_config(preset: str, name: str, concepts: list[dict], store: str, **sections: dict) -> Any:
+    from mace_cli.config_io import config_from_mapping, read_mapping
+
+    data = read_mapping(PRESETS / f"miniworld-{preset}.yaml")
+    data |= {"name": name, "concepts": concepts}
+    data["execution"] = {**data.get("execution", {}), "store": store}
+    for section, over in sections.items():
+        data[section] = {**data.get(section, {}), **over}
+    return config_from_mapping(data, name)
+
+
+def object_concept(name: str) -> dict:
+    from miniworld.world import OBJECTS
+
+    return {"name": name, "type": "object", "mapping": OBJECT_MAPPING, "synonyms": list(OBJECTS[name])}
+
+
+def erase(cfg: Any) -> tuple[Any, float]:
+    from flows.erase import erase as erase_flow
+
+    t0 = time.perf_counter()
+    report = erase_flow(cfg)
+    return report, time.perf_counter() - t0
+
+
+def evaluate(output: str, erased: list[dict], kept: list[dict], seeds: int, store: str) -> Any:
+    from flows.evaluate import evaluate as evaluate_flow
+    from mace_core.config import EvaluationConfig
+
+    cfg = EvaluationConfig(model=output, erased=erased, kept=kept, seeds_per_prompt=seeds, store=store,
+                           with_synonyms=any(c.get("synonyms") for c in erased))
+    return evaluate_flow(cfg, reference_model="miniworld")
+
+
+def pct(x: float | None) -> float | None:
+    return None if x is None else round(100 * x, 1)
+
+
+def row(label: str, report: Any, ev: Any, seconds: float | None, which: str = "metrics") -> dict:
+    m = getattr(ev, which)
+    a = m["accuracy"]
+    out = {"setting": label, "acc_e": pct(a.get("erased")), "acc_s": pct(a.get("kept")),
+           "acc_g": pct(a.get("synonym")), "h_o": pct(m.get("h_o")), "h_c": pct(m.get("h_c"))}
+    if report is not None:
+        out |= {"erase_s": round(seconds, 1), "lora_misses": report.row("lora").misses}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Suites
+# ----------------------------------------------------------------------------------------------------
+
+
+def suite_objects(store: str, seeds: int) -> dict:
+    from miniworld.world import OBJECT_CLASSES
+
+    rows, reference = [], []
+    for c in OBJECT_CLASSES:
+        kept = [object_concept(k) for k in OBJECT_CLASSES if k != c]
+        report, s = erase(make_config("objects", f"q-object-{c}", [object_concept(c)], store))
+        ev = evaluate(report.output, [object_concept(c)], kept, seeds, store)
+        rows.append(row(c, report, ev, s))
+        reference.append(row(c, None, ev, None, "reference_metrics"))
+    every = [object_concept(c) for c in OBJECT_CLASSES]
+    report, s = erase(make_config("objects", "q-object-all10", every, store))
+    ev = evaluate(report.output, every, [], seeds, store)
+    mean = {k: round(float(np.mean([r[k] for r in rows])), 1) for k in ("acc_e", "acc_s", "acc_g", "h_o")}
+    ref_mean = {k: round(float(np.mean([r[k] for r in reference])), 1) for k in ("acc_e", "acc_s", "acc_g", "h_o")}
+    return {"single": rows, "single_mean": mean, "reference_single_mean": ref_mean,
+            "all10": row("all 10", report, ev, s), "reference_all10": row("all 10", None, ev, None,
+                                                                          "reference_metrics"),
+            "all10_output": report.output}
+
+
+def suite_ablation(store: str, seeds: int) -> dict:
+    from miniworld.world import OBJECT_CLASSES
+
+    erased = [object_concept(c) for c in OBJECT_CLASSES[:5]]
+    kept = [object_concept(c) for c in OBJECT_CLASSES[5:]]
+    variants = {
+        "CFR only": {"lora": {"enabled": False}},
+        "LoRA only": {"cfr": {"enabled": False}},
+        "naive fusion (Eq. 6)": {"fusion": {"method": "naive"}},
+        "full MACE (independent base)": {},
+        "full MACE (joint base, as official)": {"lora": {"base": "joint"}},
+    }
+    rows, ev = [], None
+    for label, over in variants.items():
+        slug = label.split(" (")[0].lower().replace(" ", "-") + ("-joint" if "joint" in label else "")
+        report, s = erase(make_config("objects", f"q-ablation-{slug}", erased, store, **over))
+        ev = evaluate(report.output, erased, kept, seeds, store)
+        rows.append(row(label, report, ev, s))
+    return {"erased": [c["name"] for c in erased], "rows": rows,
+            "reference": row("original model", None, ev, None, "reference_metrics")}
+
+
+def suite_identities(store: str, seeds: int, counts: list[int]) -> dict:
+    from miniworld.world import IDENTITIES
+
+    kept = [{"name": n, "type": "identity", "mapping": "a person"} for n in IDENTITIES[:100]]
+    rows, refs = [], []
+    for n in counts:
+        erased = [{"name": x, "type": "identity", "mapping": "a person"} for x in IDENTITIES[100:100 + n]]
+        report, s = erase(make_config("identities", f"q-identities-{n}", erased, store))
+        ev = evaluate(report.output, erased, kept, seeds, store)
+        rows.append(row(f"{n} erased", report, ev, s) | {"n": n})
+        refs.append(row(f"{n} (original)", None, ev, None, "reference_metrics") | {"n": n})
+    return {"rows": rows, "reference": refs, "kept": 100}
+
+
+@torch.no_grad()
+def clip_scores(store: str, ref_id: str) -> dict[str, float]:
+    """Mean miniworld-CLIP score (100 x cosine, clipped at 0) of an evaluation's images per group."""
+    from PIL import Image
+    from transformers import CLIPModel
+
+    from mace_core.metrics import clip_score
+    from miniworld.paths import CLIP_DIR
+    from miniworld.tokenizer import load_tokenizer
+    from tasks._cache import open_store
+    from tasks.evaluate import load_rows
+
+    st = open_store(store)
+    ref = st.get(*ref_id.split("/"))
+    rows = load_rows(st, ref)
+    model = CLIPModel.from_pretrained(str(CLIP_DIR)).float().eval()
+    tok = load_tokenizer(CLIP_DIR)
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(st.path(ref) / r["file"]).convert("RGB")))
+                          for r in rows]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    ids = tok([r["prompt"] for r in rows], padding="max_length", max_length=77, truncation=True,
+              return_tensors="pt").input_ids
+    scores = clip_score(model.get_image_features(pixel_values=images), model.get_text_features(input_ids=ids))
+    out: dict[str, list[float]] = {}
+    for r, s in zip(rows, scores.tolist(), strict=True):
+        out.setdefault(r["group"], []).append(s)
+    return {g: round(float(np.mean(v)), 2) for g, v in out.items()}
+
+
+def suite_styles(store: str, seeds: int) -> dict:
+    from miniworld.world import STYLES
+
+    erased = [{"name": s, "type": "style", "mapping": "art"} for s in STYLES[:10]]
+    kept = [{"name": s, "type": "style", "mapping": "art"} for s in STYLES[10:]]
+    report, s = erase(make_config("styles", "q-styles-10", erased, store))
+    ev = evaluate(report.output, erased, kept, seeds, store)
+    after, before = clip_scores(store, ev.model_ref), clip_scores(store, ev.reference_ref)
+    h = {k: round(v["kept"] - v["erased"], 2) for k, v in (("after", after), ("before", before))}
+    return {"row": row("10 styles", report, ev, s), "reference": row("original", None, ev, None, "reference_metrics"),
+            "clip_after": after, "clip_before": before, "h_a": h}
+
+
+@torch.no_grad()
+def suite_heldout(store: str, erased_model: str, n: int) -> dict:
+    """Fréchet distance (classifier features) to ground-truth renders, and CLIP score, on held-out captions."""
+    import pyarrow.parquet as pq
+    from transformers import CLIPModel
+
+    from mace_core import generate as core_generate
+    from mace_core.metrics import clip_score, frechet_distance
+    from mace_core.models import load_pipeline
+    from miniworld.classifier import load_classifier
+    from miniworld.corpus import render_table
+    from miniworld.paths import CLIP_DIR, HELDOUT_CAPTIONS_PATH
+    from miniworld.tokenizer import load_tokenizer
+
+    table = pq.read_table(HELDOUT_CAPTIONS_PATH).slice(0, n)
+    captions = table.column("caption").to_pylist()
+    renders = torch.from_numpy(render_table(table, 1)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    clf = load_classifier()
+    clip = CLIPModel.from_pretrained(str(CLIP_DIR)).float().eval()
+    ids = load_tokenizer(CLIP_DIR)(captions, padding="max_length", max_length=77, truncation=True,
+                                   return_tensors="pt").input_ids
+    text = clip.get_text_features(input_ids=ids)
+    real = clf.features(renders).numpy()
+    out = {"captions": n, "renders": {"clip_score": round(float(clip_score(clip.get_image_features(
+        pixel_values=renders), text).mean()), 2)}}
+    for label, path in (("original", "miniworld"), ("erased (10 objects)", erased_model)):
+        pipe = load_pipeline(path)
+        images = core_generate.generate_images(pipe, captions, list(range(n)), steps=20, guidance_scale=7.5,
+                                               batch_size=50)
+        x = torch.stack([torch.from_numpy(np.asarray(i.convert("RGB"))) for i in images]).permute(0, 3, 1, 2)
+        x = x.float().div(127.5).sub(1)
+        out[label] = {"frechet_to_renders": round(frechet_distance(clf.features(x).numpy(), real), 3),
+                      "clip_score": round(float(clip_score(clip.get_image_features(pixel_values=x), text).mean()), 2)}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    return head + "\n".join("| " + " | ".join("-" if r.get(c) is None else str(r.get(c)) for c in cols) + " |"
+                            for r in rows) + "\n"
+
+
+def write_report(result: dict, command: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "quality.json").write_text(json.dumps(result, indent=1))
+    md = [f"# Erasure quality on the miniworld\n\nCommand: `{command}`  \nMachine: {result['machine']}  \n"
+          f"Date: {result['date']}; wall time {result['wall_s']:.0f} s; seeds per prompt: {result['seeds']}\n\n"
+          "Accuracies are the miniworld classifier's top-1 on generated images, in %. Acc_e, Acc_g: lower is "
+          "better; Acc_s: higher is better. H_o, H_c: the paper's harmonic means (Eq. 8, 9).\n"]
+    cols = ["setting", "acc_e", "acc_s", "acc_g", "h_o", "h_c", "erase_s", "lora_misses"]
+    if "objects" in result:
+        o = result["objects"]
+        md.append("\n## Objects: one class at a time (kept: the other 9)\n\n")
+        md.append(_table(o["single"] + [{"setting": "**mean**", **o["single_mean"]},
+                                        {"setting": "original model (mean)", **o["reference_single_mean"]}], cols))
+        md.append("\n## Objects: all 10 at once\n\n" + _table([o["all10"], o["reference_all10"] | {
+            "setting": "original model"}], cols))
+    if "ablation" in result:
+        a = result["ablation"]
+        md.append(f"\n## Ablation: erase {', '.join(a['erased'])} (kept: the other 5)\n\n")
+        md.append(_table(a["rows"] + [a["reference"]], cols))
+    if "identities" in result:
+        i = result["identities"]
+        md.append("\n## Identities: erase N, keep 100 others\n\n")
+        md.append(_table(i["rows"] + [r | {"setting": f"original, N={r['n']}"} for r in i["reference"]], cols))
+        md.append("\n![H_c vs number of erased identities](quality_identities.png)\n")
+    if "styles" in result:
+        s = result["styles"]
+        md.append("\n## Styles: erase 10, keep 10\n\n" + _table([s["row"], s["reference"]], cols))
+        md.append(f"\nminiworld-CLIP score by group, after: {s['clip_after']}, before: {s['clip_before']}; "
+                  f"H_a = CLIP_s - CLIP_e: after {s['h_a']['after']}, before {s['h_a']['before']}\n")
+    if "heldout" in result:
+        h = result["heldout"]
+        md.append(f"\n## Specificity on {h['captions']} held-out captions\n\n| model | Fréchet to renders | CLIP score |"
+                  "\n|---|---|---|\n")
+        for k, v in h.items():
+            if isinstance(v, dict) and "frechet_to_renders" in v:
+                md.append(f"| {k} | {v['frechet_to_renders']} | {v['clip_score']} |\n")
+        md.append(f"| ground-truth renders | 0 | {h['renders']['clip_score']} |\n")
+    (RESULTS / "quality.md").write_text("".join(md))
+    if "identities" in result:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        i = result["identities"]
+        fig, ax = plt.subplots(figsize=(4.5, 3))
+        ax.plot([r["n"] for r in i["rows"]], [r["h_c"] for r in i["rows"]], "o-", label="MACE (miniworld)")
+        ax.set_xscale("log")
+        ax.set_xlabel("identities erased")
+        ax.set_ylabel("H_c (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "quality_identities.png", dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suites", default="objects,ablation,identities,styles,heldout")
+    p.add_argument("--seeds", type=int, default=4, help="images per evaluation prompt")
+    p.add_argument("--identities", default="1,5,10,100", help="identity counts to erase")
+    p.add_argument("--heldout", type=int, default=200, help="held-out captions for specificity")
+    p.add_argument("--store", default=os.environ.get("MACE_BENCH_STORE", "artifacts/bench-quality"))
+    args = p.parse_args()
+    suites = args.suites.split(",")
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"machine": {"cpu": platform.machine(), "cores": os.cpu_count(),
+                                          "torch": torch.__version__, "threads": torch.get_num_threads()},
+                              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": args.seeds}
+    previous = json.loads((RESULTS / "quality.json").read_text()) if (RESULTS / "quality.json").exists() else {}
+    result |= {k: v for k, v in previous.items() if k in ("objects", "ablation", "identities", "styles", "heldout")}
+    for suite in suites:
+        t = time.perf_counter()
+        if suite == "objects":
+            result["objects"] = suite_objects(args.store, args.seeds)
+        elif suite == "ablation":
+            result["ablation"] = suite_ablation(args.store, args.seeds)
+        elif suite == "identities":
+            result["identities"] = suite_identities(args.store, args.seeds, [int(x) for x in args.identities.split(",")])
+        elif suite == "styles":
+            result["styles"] = suite_styles(args.store, args.seeds)
+        elif suite == "heldout":
+            model = result.get("objects", {}).get("all10_output")
+            if model is None:
+                raise SystemExit("the heldout suite compares with the 10-object model: run the objects suite first")
+            result["heldout"] = suite_heldout(args.store, model, args.heldout)
+        else:
+            raise SystemExit(f"unknown suite {suite!r}")
+        print(f"{suite}: {time.perf_counter() - t:.0f} s", flush=True)
+        result["wall_s"] = time.perf_counter() - t0
+        write_report(result, "python -m benchmarks.quality " + " ".join(
+            f"--{k} {v}" for k, v in vars(args).items() if k != "store"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The shipped miniworld models: diffusers format, size budget, classifier accuracy, attention masks vs truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from miniworld.paths import CLASSIFIER_DIR, CLIP_DIR, HELDOUT_CAPTIONS_PATH, PIPELINE_DIR, WEIGHTS_DIR
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import StableDiffusionPipeline
+
+    p = StableDiffusionPipeline.from_pretrained(str(PIPELINE_DIR), local_files_only=True)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture(scope="module")
+def heldout_single():
+    """Held-out renders with one subject: (images uint8 [N,32,32,3], masks bool [N,32,32], rows)."""
+    from miniworld.corpus import spec_of
+    from miniworld.render import render
+
+    rows = [r for r in pq.read_table(HELDOUT_CAPTIONS_PATH).slice(0, 1500).to_pylist()
+            if len(spec_of(r).subjects) == 1][:1000]
+    renders = [render(spec_of(r)) for r in rows]
+    return np.stack([x.image for x in renders]), np.stack([x.masks[0] for x in renders]), rows
+
+
+def test_weights_are_safetensors_within_the_30mb_budget():
+    files = [p for p in WEIGHTS_DIR.rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    total = sum(p.stat().st_size for p in files)
+    assert total <= 30 * 2**20, f"{total / 2**20:.1f} MB"
+
+
+def test_pipeline_is_a_standard_sd_pipeline_with_cross_attention_at_two_resolutions(pipe):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from mace_core.unet_layers import cross_attention_modules
+
+    assert isinstance(pipe.unet, UNet2DConditionModel) and isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.text_encoder, CLIPTextModel) and isinstance(pipe.tokenizer, CLIPTokenizer)
+    names = list(cross_attention_modules(pipe.unet))
+    assert {n.split(".attentions")[0] for n in names} >= {"down_blocks.0", "down_blocks.1"}
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+
+
+def test_generation_is_seeded(pipe):
+    def run():
+        g = [torch.Generator().manual_seed(s) for s in range(4)]
+        return pipe(["a photo of a red cat"] * 4, num_inference_steps=8, generator=g, output_type="np").images
+
+    a, b = run(), run()
+    assert a.shape == (4, 32, 32, 3) and np.array_equal(a, b) and not np.array_equal(a[0], a[1])
+
+
+def test_classifier_is_at_least_98_percent_on_heldout_renders(heldout_single):
+    from miniworld.classifier import load_classifier
+    from miniworld.corpus import spec_of
+    from miniworld.render import labels
+    from miniworld.world import HEADS
+
+    images, _, rows = heldout_single
+    clf = load_classifier(CLASSIFIER_DIR)
+    pred = clf.predict(torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1))
+    for head in ("object", "identity", "style"):
+        target = torch.tensor([labels(spec_of(r))[head] for r in rows])
+        acc = float((pred[head] == target).float().mean())
+        assert acc >= 0.98, f"{head}: {acc:.3f} (classes: {len(HEADS[head])})"
+
+
+def test_clip_matches_renders_to_their_own_captions(heldout_single):
+    from transformers import CLIPModel
+
+    from miniworld.tokenizer import load_tokenizer
+
+    images, _, rows = heldout_single
+    images, rows = images[:256], rows[:256]
+    clip = CLIPModel.from_pretrained(str(CLIP_DIR)).float().eval()
+    tok = load_tokenizer(CLIP_DIR)
+    ids = tok([r["caption"] for r in rows], padding="max_length", max_length=77, truncation=True,
+              return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = clip(input_ids=ids, pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    # image -> caption retrieval among 256 candidates: far above chance (1/256)
+    acc = float((out.logits_per_image.argmax(1) == torch.arange(len(rows))).float().mean())
+    assert acc > 0.2, acc
+
+
+def test_attention_masks_follow_the_rendered_subject(pipe, heldout_single):
+    """The default masker (the model's own cross-attention) scored against the renderer's ground truth."""
+    from mace_core.masks import attention_masks, mask_iou
+    from miniworld.corpus import spec_of
+
+    images, masks, rows = heldout_single
+    picked = [i for i, r in enumerate(rows) if spec_of(r).subjects[0].kind == "object"][:32]
+    x = torch.from_numpy(images[picked]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    concepts = [spec_of(rows[i]).subjects[0].name for i in picked]
+    prompts = [f"a photo of a {c}" for c in concepts]
+    pred = attention_masks(pipe, x, prompts, concepts, torch.Generator().manual_seed(0))
+    truth = torch.from_numpy(masks[picked]).float()[:, None]
+    iou = mask_iou(pred, truth).mean().item()
+    shuffled = mask_iou(pred, truth.roll(1, 0)).mean().item()  # someone else's subject
+    print(f"attention-mask IoU vs renderer truth: {iou:.3f} (mismatched pairs: {shuffled:.3f})")
+    assert iou > shuffled + 0.05 and iou > 0.25
