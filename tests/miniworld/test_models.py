@@ -112,3 +112,18 @@ def test_attention_masks_follow_the_rendered_subject(pipe, heldout_single):
     shuffled = mask_iou(pred, truth.roll(1, 0)).mean().item()  # someone else's subject
     print(f"attention-mask IoU vs renderer truth: {iou:.3f} (mismatched pairs: {shuffled:.3f})")
     assert iou > shuffled + 0.05 and iou > 0.25
+
+
+def test_prompted_objects_are_recognised_above_chance(pipe):
+    """Quick check of the shipped model: 2 seeds x 10 classes, classifier top-1 far above chance (10 %)."""
+    from miniworld.classifier import load_classifier
+    from miniworld.prompts import object_prompt
+    from miniworld.world import OBJECT_CLASSES
+
+    prompts = [object_prompt(c) for c in OBJECT_CLASSES for _ in range(2)]
+    g = [torch.Generator().manual_seed(s % 2) for s in range(len(prompts))]
+    images = pipe(prompts, num_inference_steps=20, guidance_scale=5.0, generator=g, output_type="pt").images
+    pred = load_classifier(CLASSIFIER_DIR).predict(images * 2 - 1)["object"]
+    target = torch.tensor([i // 2 for i in range(len(prompts))])
+    acc = float((pred == target).float().mean())
+    assert acc >= 0.4, acc

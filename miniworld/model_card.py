@@ -1,0 +1,109 @@
+"""Write the model card of the shipped weights: ``python -m miniworld.model_card``.
+
+Reads what training and measurement wrote (``_train/<model>/summary.json`` and ``loss.csv``,
+``train_classifier``'s ``metrics.json``, ``miniworld.quality``'s ``quality.json``), copies the loss curves
+next to the weights (``weights/logs/``, plotted in ``weights/logs/loss_curves.png``) and writes
+``weights/README.md``. Every figure in the card comes from those files: nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from miniworld.paths import CLASSIFIER_DIR, TRAIN_DIR, WEIGHTS_DIR
+
+MODELS = ("vae", "clip", "classifier", "unet")
+TARGETS = {"object_top1": 0.90, "synonym_top1": 0.80, "identity_top1": 0.85, "style_top1": 0.85}
+
+
+def _size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def copy_logs(logs: Path) -> dict[str, dict]:
+    """Copy each model's loss.csv + summary.json into ``logs``; return the summaries."""
+    logs.mkdir(parents=True, exist_ok=True)
+    summaries = {}
+    for m in MODELS:
+        for name in ("loss.csv", "summary.json"):
+            src = TRAIN_DIR / m / name
+            if src.exists():
+                shutil.copy(src, logs / f"{m}_{name}")
+        if (logs / f"{m}_summary.json").exists():
+            summaries[m] = json.loads((logs / f"{m}_summary.json").read_text())
+    return summaries
+
+
+def plot_losses(logs: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(MODELS), figsize=(3.2 * len(MODELS), 2.6))
+    for ax, m in zip(axes, MODELS, strict=True):
+        path = logs / f"{m}_loss.csv"
+        if path.exists():
+            rows = list(csv.DictReader(path.open()))
+            ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])
+        ax.set_title(m)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(logs / "loss_curves.png", dpi=100)
+
+
+def main() -> None:
+    logs = WEIGHTS_DIR / "logs"
+    summaries = copy_logs(logs)
+    plot_losses(logs)
+    quality_path = WEIGHTS_DIR / "quality" / "quality.json"
+    quality = json.loads(quality_path.read_text()) if quality_path.exists() else None
+    clf = json.loads((CLASSIFIER_DIR / "metrics.json").read_text()) if (CLASSIFIER_DIR / "metrics.json").exists() else {}
+    lines = ["# miniworld weights: model card\n",
+             "A small text-to-image world trained by this project on its procedural renderer "
+             "(32x32 images, `miniworld/render.py`) and caption grammar (200k captions, `miniworld/data/`). "
+             "The pipeline directory loads with `StableDiffusionPipeline.from_pretrained('miniworld/weights/pipeline')`.\n",
+             "## Components and sizes\n", "| part | directory | MB |", "|---|---|---|"]
+    for part, d in (("VAE (32x32x3 <-> 8x8x4)", "pipeline/vae"), ("CLIP text tower (4 layers, d=128)", "pipeline/text_encoder"),
+                    ("UNet (64/128 channels, cross-attention at 8x8 and 4x4, fp16 on disk)", "pipeline/unet"),
+                    ("tokenizer + scheduler (DPM-Solver++)", "pipeline/tokenizer"), ("full CLIP (text + image towers, fp16)", "clip"),
+                    ("evaluation classifier (object/colour/scene/style/identity heads)", "classifier")):
+        lines.append(f"| {part} | `{d}` | {_size_mb(WEIGHTS_DIR / d):.2f} |")
+    lines.append(f"| **total** (everything under `miniworld/weights/`) | | {_size_mb(WEIGHTS_DIR):.2f} |\n")
+    lines += ["## Training (2 CPU cores)\n", "| model | steps | wall seconds | notes |", "|---|---|---|---|"]
+    for m, s in summaries.items():
+        notes = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("steps", "wall_seconds", "heldout_accuracy"))
+        lines.append(f"| {m} | {s.get('steps')} | {s.get('wall_seconds')} | {notes} |")
+    total = sum(s.get("wall_seconds", 0) for s in summaries.values())
+    lines.append(f"\nSum of wall times: {total / 3600:.2f} h (VAE and CLIP ran side by side, then classifier and UNet; "
+                 "one thread each). Loss curves: `logs/*_loss.csv`, plotted in `logs/loss_curves.png`.\n")
+    lines.append("Reproduce (deterministic, resumable from `miniworld/_train/<model>/checkpoint.pt`): "
+                 "`bash miniworld/train_all.sh [UNET_STEPS] [UNET_DEADLINE_UNIX_TIME]`, one command per model "
+                 "inside it (`python -m miniworld.train_{vae,clip,classifier,unet}`; `--device cuda` on a GPU).\n")
+    if clf:
+        lines += ["## Classifier on held-out renders (top-1)\n", "| head | clean renders | after a VAE round trip |",
+                  "|---|---|---|"]
+        for head in clf.get("clean", {}):
+            lines.append(f"| {head} | {clf['clean'][head]:.4f} | {clf.get('vae', {}).get(head, float('nan')):.4f} |")
+        lines.append("")
+    if quality:
+        f = quality["figures"]
+        lines += ["## Generation quality (the classifier on generated images)\n",
+                  f"Command: `python -m miniworld.quality --out miniworld/weights/quality`; {quality['seeds_per_prompt']} "
+                  f"seeds per prompt, {quality['steps']} sampler steps, guidance {quality['guidance_scale']}, "
+                  f"{quality['device']} with {quality['torch_threads']} threads.\n",
+                  "| figure | measured | target | met |", "|---|---|---|---|"]
+        for k, target in TARGETS.items():
+            lines.append(f"| {k} | {f[k]:.3f} | >= {target} | {'yes' if f[k] >= target else '**no**'} |")
+        s8 = f["seconds_for_8_images"]
+        lines.append(f"| seconds for 8 images | {s8} | <= 3 | {'yes' if s8 <= 3 else '**no**'} |\n")
+    (WEIGHTS_DIR / "README.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {WEIGHTS_DIR / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
