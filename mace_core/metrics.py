@@ -67,6 +67,15 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     if min(a.shape[0], b.shape[0]) < 2:
         raise ValueError("each feature set needs at least 2 samples to estimate a covariance")
     mu_a, mu_b = a.mean(0), b.mean(0)
+    if min(a.shape[0], b.shape[0]) < a.shape[1]:
+        # Fewer samples than features (e.g. 2048-d Inception features of a few images): with S = X^T X for the
+        # centred samples X / sqrt(n - 1), Tr (S_a^½ S_b S_a^½)^½ is the nuclear norm of X_a X_b^T (the same
+        # nonzero eigenvalues), so no F x F matrix is formed. Exact, and O(n_a n_b F) instead of O(F^3).
+        x_a = (a - mu_a) / np.sqrt(a.shape[0] - 1)
+        x_b = (b - mu_b) / np.sqrt(b.shape[0] - 1)
+        cross = np.linalg.svd(x_a @ x_b.T, compute_uv=False).sum()
+        d2 = float(((mu_a - mu_b) ** 2).sum() + (x_a**2).sum() + (x_b**2).sum() - 2.0 * cross)
+        return max(d2, 0.0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     root_a = _sqrtm_psd(s_a)
     cross = _sqrtm_psd(root_a @ s_b @ root_a)

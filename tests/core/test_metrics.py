@@ -37,6 +37,20 @@ def test_frechet_matches_scipy_reference():
     assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
 
 
+def test_frechet_fewer_samples_than_features_matches_full_formula():
+    """The low-rank path (n < F, e.g. a few 2048-d Inception features) equals the F x F formula."""
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(7, 40)), rng.normal(loc=0.3, scale=1.5, size=(9, 40))
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root_a = metrics._sqrtm_psd(s_a)
+    tr_cross = np.trace(metrics._sqrtm_psd(root_a @ s_b @ root_a))
+    ref = ((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * tr_cross
+    assert metrics.frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+    assert metrics.frechet_distance(b, a) == pytest.approx(ref, rel=1e-6)
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+
+
 def test_top1_and_clip_score():
     assert metrics.top1_accuracy(np.array([1, 2, 3]), np.array([1, 0, 3])) == pytest.approx(2 / 3)
     x = torch.randn(4, 8)
