@@ -7,31 +7,34 @@ the first missing shard; ``prior`` sums the shards in index order (float64, dete
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 from prefect import get_run_logger, task
 
-from mace_core import prompts as core_prompts
+from mace_core import captions as core_captions
 from mace_core import text_stats as core_stats
 from mace_core.config import ModelConfig, PriorConfig
 from tasks import store as st
 from tasks._cache import TASK_OPTIONS, cached_stage, finish, key_for, lease_pipeline, open_store
 
 VERSION = "1"
+CAPTIONS_VERSION = "2"  # 2: mace_core.captions (normalised exclusion, 'prompt' column first, whitespace collapsed)
+DOMAIN_VERSION = "2"  # 2: captions.domain_prompts (long retain entries are prompts, duplicates dropped)
 CAPTIONS, COUNT, GRAM = "captions.parquet", "count.json", "gram.zarr"
-_COLUMNS = ("caption", "prompt", "text")
 
 
 # ---------------------------------------------------------------------------------------------------
-# Caption files (I/O only; the maths is mace_core.text_stats.prior_gram)
+# Caption files (reading, exclusion and digests are mace_core.captions; the maths is text_stats.prior_gram)
 # ---------------------------------------------------------------------------------------------------
 
 
-def caption_path(spec: str) -> Path:
-    """The caption file behind ``prior.captions`` ('miniworld' = the shipped corpus)."""
+def caption_path(spec: str, field: str = "prior.captions") -> Path:
+    """The caption file behind ``prior.captions`` ('miniworld' = the shipped corpus) or a ``prior.exclude`` entry.
+
+    Raises FileNotFoundError naming ``field`` when the file does not exist (checked before any work).
+    """
     if spec == "miniworld":
         from miniworld.paths import CAPTIONS_PATH
 
@@ -39,41 +42,16 @@ def caption_path(spec: str) -> Path:
     p = Path(spec).expanduser()
     if not p.is_file():
         raise FileNotFoundError(
-            f"prior.captions file {spec!r} not found: give a COCO captions .json, .csv, .parquet or .txt file"
+            f"{field} file {spec!r} not found: give a COCO captions .json, .csv, .parquet or .txt file"
         )
     return p
 
 
-def read_captions(path: Path) -> list[str]:
-    """Captions of a COCO annotations json, a list json, csv/parquet (column caption|prompt|text), txt."""
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and "annotations" in data:
-            return [a["caption"] for a in data["annotations"]]
-        if isinstance(data, list) and all(isinstance(x, str) for x in data):
-            return data
-        raise ValueError(f"prior.captions {str(path)!r}: expected COCO annotations or a list of strings")
-    if suffix in (".csv", ".parquet"):
-        import pyarrow.csv as pacsv
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path) if suffix == ".parquet" else pacsv.read_csv(path)
-        for col in _COLUMNS:
-            if col in table.column_names:
-                return [str(x) for x in table.column(col).to_pylist()]
-        raise ValueError(f"prior.captions {str(path)!r} has no column among {_COLUMNS}: rename its text column")
-    if suffix == ".txt":
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    raise ValueError(f"prior.captions {str(path)!r}: unsupported file type {suffix!r} (json, csv, parquet, txt)")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+def caption_source(cfg: PriorConfig) -> tuple[Path, frozenset[str]]:
+    """The caption file and the normalised captions of the ``prior.exclude`` files (evaluation sets)."""
+    src = caption_path(cfg.captions)
+    excludes = [caption_path(x, "prior.exclude") for x in cfg.exclude]
+    return src, core_captions.load_exclusions(excludes)
 
 
 def _write_gram(out: Path, acc_gram: torch.Tensor, count: int) -> None:
@@ -99,24 +77,23 @@ def load_count(store: st.ArtifactStore, ref: st.ArtifactRef) -> int:
 
 @task(name="captions", task_run_name="captions", **TASK_OPTIONS)
 def captions_task(cfg: PriorConfig, store_root: str) -> st.ArtifactRef:
-    """Freeze the caption set (source minus ``exclude`` files, capped at ``max_captions``) into parquet."""
+    """Freeze the caption set (source minus captions of the ``exclude`` files, capped at ``max_captions``).
+
+    Key input: ``captions.source_digest`` of the source bytes and the exclusion set (not the file names).
+    """
     store = open_store(store_root)
-    src = caption_path(cfg.captions)
-    excludes = [caption_path(x) for x in cfg.exclude]
+    src, exclude = caption_source(cfg)
     config = {"max_captions": cfg.max_captions}
-    inputs = {"source": file_sha256(src), **{f"exclude/{i}": file_sha256(p) for i, p in enumerate(excludes)}}
-    key = key_for("captions", VERSION, config, inputs)
+    inputs = {"source": core_captions.source_digest(src, exclude)}
+    key = key_for("captions", CAPTIONS_VERSION, config, inputs)
     with cached_stage(store, "captions", key, None) as rec:
         if rec.ref is not None:
             return rec.ref
-        drop = {c for p in excludes for c in read_captions(p)}
-        captions = [c for c in read_captions(src) if c not in drop][: cfg.max_captions]
-        if not captions:
-            raise ValueError(f"prior.captions {cfg.captions!r} yields no captions after exclusions")
-        with store.writer("captions", key, config=config, inputs=inputs, version=VERSION) as out:
+        captions = list(core_captions.read_captions(src, exclude, cfg.max_captions))
+        with store.writer("captions", key, config=config, inputs=inputs, version=CAPTIONS_VERSION) as out:
             st.save_table(out / CAPTIONS, {"caption": captions})
             (out / COUNT).write_text(json.dumps({"count": len(captions)}))
-        get_run_logger().info("captions: %d (%d excluded)", len(captions), len(drop))
+        get_run_logger().info("captions: %d (exclusion set of %d evaluation captions)", len(captions), len(exclude))
         return finish(store, "captions", key)
 
 
@@ -160,8 +137,9 @@ def prior_merge_task(shards: list[st.ArtifactRef], store_root: str) -> st.Artifa
 
 
 def domain_prompts(retain: tuple[str, ...], concept_type: str) -> list[str]:
-    """Prompts of the domain prior: every retained name in every template of the run's concept type."""
-    return [t.format(r) for r in retain for t in core_prompts.TEMPLATES[concept_type]]
+    """Prompts of the domain prior (``captions.domain_prompts``): a name (<= 4 words) in every template of the
+    run's concept type, a longer entry kept as a prompt; duplicates dropped."""
+    return core_captions.domain_prompts(list(retain), concept_type)
 
 
 @task(name="domain-prior", task_run_name="domain-prior", **TASK_OPTIONS)
@@ -172,12 +150,12 @@ def domain_prior_task(cfg: PriorConfig, concept_type: str, model: ModelConfig, t
     config = {"retain": list(cfg.retain), "type": concept_type, "batch_size": cfg.batch_size,
               "dtype": model.dtype}
     inputs = {"text_encoder": text_digest}
-    key = key_for("domain_prior", VERSION, config, inputs)
+    key = key_for("domain_prior", DOMAIN_VERSION, config, inputs)
     with cached_stage(store, "domain_prior", key, None) as rec:
         if rec.ref is not None:
             return rec.ref
         with lease_pipeline(model.path, model.dtype, model.device, max_models) as pipe:
             acc = core_stats.prior_gram(pipe, domain_prompts(cfg.retain, concept_type), cfg.batch_size)
-        with store.writer("domain_prior", key, config=config, inputs=inputs, version=VERSION) as out:
+        with store.writer("domain_prior", key, config=config, inputs=inputs, version=DOMAIN_VERSION) as out:
             _write_gram(out, acc.gram, acc.count)
         return finish(store, "domain_prior", key)
