@@ -45,3 +45,40 @@ def tiny_sam(img_size: int = 64, seed: int = 0):
             iou_head_hidden_dim=32,
         ),
     )
+
+
+# A GroundingDINO config with the real architecture (SwinT backbone, text enhancer, fusion, two-stage queries)
+# at the smallest size it builds with: one encoder and one decoder layer, 16 queries. hidden_dim stays 256
+# (the text position embedding is hard-coded to 256 features). Random weights: ~31 M parameters, ~110 MB.
+TINY_DINO_OVERRIDES = {
+    "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 128, "num_queries": 16, "enc_n_points": 2,
+    "dec_n_points": 2, "use_checkpoint": False, "use_transformer_ckpt": False,
+}
+
+
+def write_tiny_groundingdino(directory: Path, bert_dir: Path, seed: int = 0) -> tuple[Path, Path]:
+    """``(config.py, checkpoint.pth)`` of a small random GroundingDINO, loadable by ``build_groundingdino``."""
+    import groundingdino
+
+    from mace_core.grounded_sam import build_groundingdino
+
+    directory.mkdir(parents=True, exist_ok=True)
+    base = Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinT_OGC.py"
+    lines = []
+    for line in base.read_text(encoding="utf-8").splitlines():
+        name = line.split("=")[0].strip()
+        lines.append(f"{name} = {TINY_DINO_OVERRIDES[name]!r}" if name in TINY_DINO_OVERRIDES else line)
+    config = directory / "tiny_groundingdino.py"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    torch.manual_seed(seed)
+    model = build_groundingdino(config, None, bert_dir)
+    checkpoint = directory / "tiny_groundingdino.pth"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    return config, checkpoint
+
+
+def write_tiny_sam(path: Path, img_size: int = 64, seed: int = 0) -> Path:
+    """A checkpoint of :func:`tiny_sam` (a plain state dict, as SAM's own ``.pth`` files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_sam(img_size, seed).state_dict(), path)
+    return path
