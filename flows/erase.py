@@ -6,6 +6,7 @@ config is all store hits, and a grown concept set recomputes only what the new c
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from tasks.cfr import cfr_concept_task, cfr_task
 from tasks.export import export_task, pipeline_dir
 from tasks.fusion import fusion_task
 from tasks.images import images_task
-from tasks.masks import BACKENDS, masks_task, uses_masks
+from tasks.masks import BACKENDS, grounded_sam_paths, masks_task, uses_masks
 from tasks.prior import caption_path
 from tasks.prompts import prompts_task
 from tasks.remote import lora_runner
@@ -144,23 +145,30 @@ def check_inputs(cfg: MaceConfig) -> None:
     if needs_prior(cfg):
         caption_path(cfg.prior.captions)
         for x in cfg.prior.exclude:
-            caption_path(x)
-    # 3. stages this build implements
-    if cfg.prompts.backend != "templates":
-        raise ValueError(f"prompts.backend={cfg.prompts.backend!r} is not available: use 'templates'")
-    if cfg.masks.backend not in BACKENDS:
-        raise ValueError(
-            f"masks.backend={cfg.masks.backend!r} is not available (no detector weights can be shipped): "
-            f"use one of {', '.join(BACKENDS)}"
-        )
-    # 4. every concept can fill prompts.num_prompts template pairs
-    for c in cfg.concepts:
-        capacity = len(TEMPLATES[c.type]) * (1 + len(c.synonyms))
-        if cfg.prompts.num_prompts > capacity:
+            caption_path(x, "prior.exclude")
+    # 3. prompts: the LLM backend has its URL, model and API key (from the environment, never the config) ...
+    if cfg.prompts.backend == "llm":
+        from mace_core.augment import API_KEY_ENV_VARS, settings_from_config
+
+        settings_from_config(cfg.prompts)
+        if not any(os.environ.get(var, "").strip() for var in API_KEY_ENV_VARS):
             raise ValueError(
-                f"prompts.num_prompts={cfg.prompts.num_prompts} exceeds the {capacity} template prompts of concept "
-                f"{c.name!r}: lower it or add synonyms"
+                f"prompts.backend='llm' needs an API key: set the {API_KEY_ENV_VARS[0]} environment variable "
+                f"(or {' or '.join(API_KEY_ENV_VARS[1:])}; any non-empty value for a server without authentication)"
             )
+    else:  # ... and templates can fill prompts.num_prompts pairs for every concept
+        for c in cfg.concepts:
+            capacity = len(TEMPLATES[c.type]) * (1 + len(c.synonyms))
+            if cfg.prompts.num_prompts > capacity:
+                raise ValueError(
+                    f"prompts.num_prompts={cfg.prompts.num_prompts} exceeds the {capacity} template prompts of "
+                    f"concept {c.name!r}: lower it, add synonyms or use prompts.backend='llm'"
+                )
+    # 4. masks: a known backend; grounded_sam's checkpoints exist (paths only, nothing is loaded)
+    if cfg.masks.backend not in BACKENDS:
+        raise ValueError(f"masks.backend={cfg.masks.backend!r} is unknown: use one of {', '.join(BACKENDS)}")
+    if cfg.masks.backend == "grounded_sam" and any(uses_masks(c, cfg.masks) for c in cfg.concepts):
+        grounded_sam_paths(cfg.masks)
     # 5. the store opens (bad URL / permissions fail here, not after training)
     open_store(cfg.execution.store)
 
@@ -254,7 +262,7 @@ def erase(cfg: MaceConfig) -> RunReport:
         # 3. per concept: prompts -> images -> masks -> stats (fan out; model work is serialised per copy)
         prompts, images, masks, stats = {}, {}, {}, {}
         for c in concepts:
-            prompts[c.key] = _submit(prompts_task, cfg, c.name, c, cfg.prompts, root)
+            prompts[c.key] = _submit(prompts_task, cfg, c.name, c, cfg.prompts, root, cfg.seed, m)
             images[c.key] = _submit(images_task, cfg, c.name, c, cfg.seed, cfg.images, m, model_digest, root,
                                     n_models)
         for c in concepts:
