@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.dashboards import CONCEPT_STAGES, artifact_keys, slug
+from tasks.dashboards import CONCEPT_STAGES, artifact_keys, concept_status, slug
 from tests.flows.conftest import make_config
 
 
@@ -61,6 +61,19 @@ def stage_table(flow_run_id, run: str) -> tuple[dict[str, dict[str, str]], dict[
 def test_keys_are_prefect_slugs():
     assert slug("Test_Run.v2") == "test-run-v2" and slug("__") == "run"
     assert artifact_keys("My.Run")["stages"] == "mace-my-run-stages"
+
+
+def test_latest_attempt_decides_a_cell():
+    from tasks._cache import StageEvent
+
+    ev = [StageEvent("lora", "cat", hit=None, start=1.0, end=2.0, error="RuntimeError: transient"),
+          StageEvent("lora", "cat", hit=False, start=3.0, end=4.0),
+          StageEvent("images", "cat", hit=True, start=0.5, end=0.6),
+          StageEvent("lora", "dog", hit=None, start=1.0, end=None),
+          StageEvent("cfr", None, hit=False, start=5.0, end=6.0)]
+    got = concept_status(ev, ["cat", "dog"])
+    assert got["cat"]["lora"] == "miss" and got["cat"]["images"] == "hit" and got["cat"]["masks"] == "-"
+    assert got["dog"]["lora"] == "running" and set(got) == {"cat", "dog"}
 
 
 def test_erase_and_rerun_publish_stage_table_link_and_progress(tiny_model, tmp_path):
