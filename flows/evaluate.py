@@ -75,7 +75,8 @@ def evaluate(cfg: EvaluationConfig, reference_model: str | None = None) -> Evalu
     log = get_run_logger()
     store = open_store(cfg.store)
     # 1. validate before generating anything: models exist, every concept has a recogniser label
-    recognisers.check_recognisable(cfg.recogniser, [c.name for c in (*cfg.erased, *cfg.kept)])
+    recognisers.check_recognisable(cfg.recogniser, [c.name for c in (*cfg.erased, *cfg.kept)],
+                                   **recognisers.recogniser_options(cfg))
     digest = files_digest(model_dir(cfg.model))
     ref_digest = files_digest(model_dir(reference_model)) if reference_model else None
     # 2. one cached evaluation per model (same items and seeds: paired before/after)

@@ -261,6 +261,11 @@ def eval_cmd(
     guidance: Annotated[float, typer.Option("--guidance", min=0.0, max=50.0)] = 7.5,
     prompts: Annotated[str, typer.Option("--prompts", help="miniworld (the world's grammar) or paper "
                                          "(the paper's templates).")] = "miniworld",
+    prompt_file: Annotated[Path | None, typer.Option("--prompt-file", help="A prompt set (CSV/parquet/JSON, "
+                                                     "e.g. data/prompts/celebrity_10_concepts.csv).")] = None,
+    recogniser: Annotated[str, typer.Option("--recogniser", help="miniworld, clip_zero_shot or nudenet.")] = "miniworld",
+    scorer_weights: Annotated[Path | None, typer.Option("--scorer-weights", help="Weights of the recogniser "
+                                                        "(open_clip checkpoint for clip_zero_shot).")] = None,
     store: StoreOpt = DEFAULT_STORE,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -281,8 +286,11 @@ def eval_cmd(
 
         kept_c = miniworld_kept(erased_c)
     ecfg = EvaluationConfig(model=path, erased=erased_c, kept=kept_c, seeds_per_prompt=seeds, steps=steps,
-                            guidance_scale=guidance, prompts=prompts, store=store)
-    recognisers.check_recognisable(ecfg.recogniser, [c.name for c in (*ecfg.erased, *ecfg.kept)])
+                            guidance_scale=guidance, prompts=prompts, store=store, recogniser=recogniser,
+                            prompt_file=str(prompt_file) if prompt_file else None,
+                            scorer_weights=str(scorer_weights) if scorer_weights else None)
+    recognisers.check_recognisable(ecfg.recogniser, [c.name for c in (*ecfg.erased, *ecfg.kept)],
+                                   **recognisers.recogniser_options(ecfg))
     _prefect_env()
     _run_evaluation(ecfg, reference or base, verbose)
 

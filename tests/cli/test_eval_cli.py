@@ -21,7 +21,7 @@ def fake_recogniser(monkeypatch):
         return recognise
 
     monkeypatch.setattr(recognisers, "load_recogniser", load)
-    monkeypatch.setattr(recognisers, "check_recognisable", lambda name, concepts: None)
+    monkeypatch.setattr(recognisers, "check_recognisable", lambda name, concepts, **kw: None)
 
 
 def test_erase_evaluate_prints_before_and_after(tmp_path, write_config, cli_model, monkeypatch):

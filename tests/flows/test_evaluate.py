@@ -21,7 +21,7 @@ def _fake_recogniser(monkeypatch):
         return recognise
 
     monkeypatch.setattr(recognisers, "load_recogniser", load)
-    monkeypatch.setattr(recognisers, "check_recognisable", lambda name, concepts: None)
+    monkeypatch.setattr(recognisers, "check_recognisable", lambda name, concepts, **kw: None)
 
 
 def test_evaluate_flow_caches_and_reports(tiny_model, store_root, monkeypatch, counting):
