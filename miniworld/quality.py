@@ -16,6 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
@@ -108,6 +109,8 @@ def measure_quality(
         figures[f"{name}_top1"] = round(top1(clf, images, head, expected, seeds), 4)
         log.info("%s: top-1 %.4f (%d images, %.1f s)", name, figures[f"{name}_top1"], len(images), time.perf_counter() - t0)
     figures["seconds_for_8_images"] = round(time_eight(pipe, steps, guidance), 3)
+    masks = attention_mask_iou(pipe)
+    figures["attention_mask_iou"], figures["attention_mask_iou_mismatched"] = masks["iou"], masks["mismatched"]
     result = {
         "pipeline": str(pipeline_dir),
         "device": device,
@@ -121,6 +124,29 @@ def measure_quality(
     if out_dir is not None:
         write_report(result, Path(out_dir))
     return result
+
+
+@torch.no_grad()
+def attention_mask_iou(pipe: StableDiffusionPipeline, n: int = 32, seed: int = 0) -> dict[str, float]:
+    """The default masker (the model's own cross-attention) on held-out single-object renders, scored by IoU
+    against the renderer's ground-truth masks; ``mismatched`` pairs each mask with another render's truth."""
+    import pyarrow.parquet as pq
+
+    from mace_core.masks import attention_masks, mask_iou
+    from miniworld.corpus import spec_of
+    from miniworld.paths import HELDOUT_CAPTIONS_PATH
+    from miniworld.render import render
+
+    specs = [spec_of(r) for r in pq.read_table(HELDOUT_CAPTIONS_PATH).slice(0, 20 * n).to_pylist()]
+    specs = [s for s in specs if len(s.subjects) == 1 and s.subjects[0].kind == "object"][:n]
+    renders = [render(s) for s in specs]
+    x = torch.from_numpy(np.stack([r.image for r in renders])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    concepts = [s.subjects[0].name for s in specs]
+    pred = attention_masks(pipe, x, [object_prompt(c) for c in concepts], concepts,
+                           torch.Generator().manual_seed(seed))
+    truth = torch.from_numpy(np.stack([r.masks[0] for r in renders])).float()[:, None]
+    return {"iou": round(mask_iou(pred, truth).mean().item(), 4),
+            "mismatched": round(mask_iou(pred, truth.roll(1, 0)).mean().item(), 4), "n": len(specs)}
 
 
 def write_report(result: dict, out_dir: Path) -> None:
