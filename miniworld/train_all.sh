@@ -12,7 +12,9 @@ $PY -c "from miniworld.training import corpus_images; import argparse; corpus_im
 $PY -m miniworld.train_vae --steps 2500 --batch-size 32 > $L/vae.log 2>&1 &
 $PY -m miniworld.train_clip --steps 800 --batch-size 128 > $L/clip.log 2>&1
 wait
-$PY -m miniworld.train_classifier --steps 600 --batch-size 128 > $L/classifier.log 2>&1 &
+# the shipped classifier: 600 steps, then resumed from that checkpoint on a 1200-step schedule (warm restart)
+($PY -m miniworld.train_classifier --steps 600 --batch-size 128 > $L/classifier_600.log 2>&1 &&
+ $PY -m miniworld.train_classifier --steps 1200 --batch-size 128 > $L/classifier.log 2>&1) &
 $PY -m miniworld.train_unet --steps "${1:-6000}" --batch-size 64 ${2:+--deadline $2} > $L/unet.log 2>&1
 wait
 $PY -m miniworld.quality --out miniworld/weights/quality > $L/quality.log 2>&1
