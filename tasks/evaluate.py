@@ -92,7 +92,11 @@ def _key_inputs(cfg: EvaluationConfig, model_digest: str) -> dict[str, str]:
     inputs = {"model": model_digest}
     if cfg.prompt_file is not None:
         inputs["prompts"] = _file_digest(prompt_sets.resolve_prompt_file(cfg.prompt_file))
-    if cfg.recogniser != "miniworld":
+    if cfg.recogniser == "miniworld":  # a retrained classifier must not reuse old verdicts
+        from miniworld.paths import CLASSIFIER_DIR
+
+        inputs["scorer"] = _file_digest(CLASSIFIER_DIR / "model.safetensors")
+    else:
         if cfg.scorer_weights:
             what = f"open_clip {cfg.clip_model}" if cfg.recogniser == "clip_zero_shot" else "NudeNet ONNX"
             scorers.require_weights(cfg.scorer_weights, what)
