@@ -24,6 +24,8 @@ from tests.ops.conftest import wait_for
 pytestmark = pytest.mark.slow
 
 CONCEPTS = ("cat", "dog", "horse")
+KILL_STEPS = 200  # LoRA steps in the kill test: several seconds of training on the tiny model
+KILL_AFTER_S = 1.5
 WORKERS = ("worker-a", "worker-b")
 
 
@@ -109,16 +111,18 @@ def test_lora_jobs_run_on_workers_and_equal_in_process(cluster, in_process, tmp_
 
 def test_killed_worker_job_is_retried_and_result_unchanged(cluster, in_process, tmp_path, monkeypatch):
     procs, logs = cluster
-    cfg_a, store_a, report_a = in_process
-    # upstream artifacts from the reference run; LoRA, fusion and export must be recomputed
-    store_c = str(tmp_path / "store_kill")
-    shutil.copytree(store_a, store_c)
-    from tasks._cache import open_store
+    cfg_0, store_0, _ = in_process
+    # LoRAs long enough to be killed mid-training (KILL_STEPS); upstream artifacts reused from the reference
+    # store (their keys do not read the lora section), so only LoRA, fusion and export are computed here
+    cfg_a = cfg_0.model_copy(update={"lora": cfg_0.lora.model_copy(update={"steps": KILL_STEPS})})
+    store_a, store_c = str(tmp_path / "store_ref"), str(tmp_path / "store_kill")
+    shutil.copytree(store_0, store_a)
+    shutil.copytree(store_0, store_c)
+    from flows.erase import erase
 
-    st = open_store(store_c)
-    for stage in ("lora", "fusion", "export"):
-        for rid in [v for k, v in report_a.refs.items() if k.split("/")[0] == stage]:
-            st.delete(*rid.split("/"))
+    monkeypatch.delenv("MACE_LORA_DEPLOYMENT", raising=False)
+    report_a = erase(cfg_a.model_copy(update={"execution": cfg_a.execution.model_copy(update={"store": store_a})}))
+    assert report_a.row("lora").misses == len(CONCEPTS) and report_a.row("images").misses == 0
     cfg_c = cfg_a.model_copy(update={"execution": cfg_a.execution.model_copy(update={"store": store_c})})
     t0 = time.time()
     killed: dict[str, object] = {}
@@ -128,8 +132,8 @@ def test_killed_worker_job_is_retried_and_result_unchanged(cluster, in_process, 
             return next((r for r in lora_runs(since=t0 - 1) if r.state.is_running()
                          and r.labels.get("prefect.worker.name") in procs), None)
 
-        run = wait_for(running, 600, what="a running LoRA job")
-        time.sleep(5)  # into training, after the first heartbeat
+        run = wait_for(running, 600, what="a running LoRA job", every=0.5)
+        time.sleep(KILL_AFTER_S)  # into training; the first heartbeat is sent as the run starts
         name = run.labels["prefect.worker.name"]
         ops.kill_tree(procs[name].pid)  # worker + its flow-run process: a dead host
         killed.update(run=run, worker=name, at=time.time())
