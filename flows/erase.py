@@ -281,7 +281,7 @@ def erase(cfg: MaceConfig) -> RunReport:
         # 6. one LoRA per concept, at most execution.lora_concurrency at once
         loras = {c.key: _submit(lora_fn, cfg, c.name, c, cfg.seed, prompts[c.key], images[c.key],
                                 masks[c.key], bases[c.key], cfg.lora, m, model_digest, root, n_models)
-                 for c in concepts}
+                 for c in concepts if cfg.lora.enabled}  # lora.enabled=false: the "CFR only" ablation
         progress = dashboards.LoraProgress(cfg.name, len(loras))
         # 7. closed-form fusion of all LoRAs -> final to_k/to_v weights
         fused = _submit(fusion_task, cfg, None, remap, bases, stats, loras, prior_ref, domain_ref, cfg.fusion,
@@ -305,7 +305,7 @@ def erase(cfg: MaceConfig) -> RunReport:
         for c in concepts:
             for stage, fut in (("prompts", prompts), ("images", images), ("masks", masks), ("stats", stats),
                                ("lora", loras)):
-                if fut[c.key] is not None:
+                if fut.get(c.key) is not None:
                     refs[f"{stage}/{c.key}"] = fut[c.key].result()
             if cfg.lora.base == "independent":
                 refs[f"cfr_concept/{c.key}"] = bases[c.key].result()
