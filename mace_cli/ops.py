@@ -273,7 +273,8 @@ class LocalServer:
         import urllib.request
 
         self.home.mkdir(parents=True, exist_ok=True)
-        env = {**self.env, "PREFECT_SERVER_API_AUTH_STRING": self._auth}
+        # the UI calls the API at PREFECT_UI_API_URL, whose default is port 4200 whatever --port says
+        env = {**self.env, "PREFECT_SERVER_API_AUTH_STRING": self._auth, "PREFECT_UI_API_URL": self.url}
         env.pop("PREFECT_API_URL")
         self.log = open(self.home / "server.log", "wb")
         self.proc = subprocess.Popen([prefect_exe(), "server", "start", "--host", self.host, "--port",
