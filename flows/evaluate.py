@@ -12,12 +12,11 @@ from PIL import Image
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from mace_core import recognisers
 from mace_core.concepts import Concept
 from mace_core.config import EvaluationConfig, MaceConfig
 from tasks import store as st
 from tasks._cache import files_digest, key_for, model_dir, open_store
-from tasks.evaluate import evaluate_task, load_metrics, load_rows
+from tasks.evaluate import check_evaluation, evaluate_task, load_metrics, load_rows
 
 REPORT_STAGE, REPORT_VERSION = "report", "1"
 
@@ -75,8 +74,7 @@ def evaluate(cfg: EvaluationConfig, reference_model: str | None = None) -> Evalu
     log = get_run_logger()
     store = open_store(cfg.store)
     # 1. validate before generating anything: models exist, every concept has a recogniser label
-    recognisers.check_recognisable(cfg.recogniser, [c.name for c in (*cfg.erased, *cfg.kept)],
-                                   **recognisers.recogniser_options(cfg))
+    check_evaluation(cfg)
     digest = files_digest(model_dir(cfg.model))
     ref_digest = files_digest(model_dir(reference_model)) if reference_model else None
     # 2. one cached evaluation per model (same items and seeds: paired before/after)

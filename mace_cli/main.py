@@ -199,10 +199,10 @@ def erase(
 def _check_evaluation(cfg: Any) -> None:
     """Fail before erasing when the evaluation could not run (e.g. a concept the recogniser cannot judge)."""
     from flows.evaluate import plan_for_run
-    from mace_core import recognisers
+    from tasks.evaluate import check_evaluation
 
     ecfg, _ = plan_for_run(cfg, cfg.model.path)
-    recognisers.check_recognisable(ecfg.recogniser, [c.name for c in (*ecfg.erased, *ecfg.kept)])
+    check_evaluation(ecfg)
 
 
 def _pct(x: float | None) -> str:
@@ -270,7 +270,7 @@ def eval_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Score a model on the paper's protocol (Acc_e, Acc_s, Acc_g, H_o, H_c), before vs after."""
-    from mace_core import recognisers
+    from tasks.evaluate import check_evaluation
     from mace_core.concepts import Concept
     from mace_core.config import EvaluationConfig
 
@@ -289,8 +289,7 @@ def eval_cmd(
                             guidance_scale=guidance, prompts=prompts, store=store, recogniser=recogniser,
                             prompt_file=str(prompt_file) if prompt_file else None,
                             scorer_weights=str(scorer_weights) if scorer_weights else None)
-    recognisers.check_recognisable(ecfg.recogniser, [c.name for c in (*ecfg.erased, *ecfg.kept)],
-                                   **recognisers.recogniser_options(ecfg))
+    check_evaluation(ecfg)
     _prefect_env()
     _run_evaluation(ecfg, reference or base, verbose)
 

@@ -46,6 +46,15 @@ def eval_items(cfg: EvaluationConfig) -> list[core_eval.EvalItem]:
                                       with_synonyms=cfg.with_synonyms)
 
 
+def check_evaluation(cfg: EvaluationConfig) -> None:
+    """Fail before any generation when a concept (of the config or the prompt file) has no recogniser label
+    or the recogniser's weights are missing."""
+    file_concepts = _file_concepts(cfg)
+    names = [c.name for c in (*cfg.erased, *cfg.kept)] + [name for name, _ in file_concepts]
+    recognisers.check_recognisable(cfg.recogniser, list(dict.fromkeys(names)),
+                                   **recognisers.recogniser_options(cfg, file_concepts))
+
+
 def _file_concepts(cfg: EvaluationConfig) -> list[tuple[str, str | None]]:
     """(concept, type) of the prompt file's rows (zero-shot candidates), in file order."""
     if cfg.prompt_file is None:
