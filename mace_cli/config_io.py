@@ -23,6 +23,12 @@ class ConfigError(ValueError):
     """A config file that cannot be read or does not validate (message is one line)."""
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a hostile 10,000-character input stays a short line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
 def _loc(loc: Iterable[Any]) -> str:
     out = ""
     for part in loc:
@@ -39,7 +45,7 @@ def format_validation_error(err: ValidationError) -> str:
     for e in err.errors():
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
-        shown = "" if e["type"] in ("missing",) or isinstance(got, (dict, list)) else f" (got {got!r})"
+        shown = "" if e["type"] in ("missing",) or isinstance(got, (dict, list)) else f" (got {_show(got)})"
         parts.append(f"{_loc(e['loc'])}: {msg}{shown}")
     return " ".join("; ".join(parts).split())
 
@@ -102,21 +108,21 @@ def parse_concept(spec: str, existing: tuple[Concept, ...] = ()) -> Concept:
     """
     parts = [p.strip() for p in spec.split(":")]
     if len(parts) > 3 or not parts[0]:
-        raise ConfigError(f"concept {spec!r}: write it as name[:type[:mapping]], e.g. 'dog:object:forest'")
+        raise ConfigError(f"concept {_show(spec)}: write it as name[:type[:mapping]], e.g. 'dog:object:forest'")
     name = parts[0]
     types = [c.type for c in existing]
     ctype = parts[1] if len(parts) > 1 and parts[1] else (max(sorted(set(types)), key=types.count) if types
                                                           else "object")
     if ctype not in CONCEPT_TYPES:
-        raise ConfigError(f"concept {spec!r}: unknown type {ctype!r}, use one of {', '.join(CONCEPT_TYPES)}")
+        raise ConfigError(f"concept {_show(spec)}: unknown type {_show(ctype)}, use one of {', '.join(CONCEPT_TYPES)}")
     if len(parts) > 2 and parts[2]:
         mapping = parts[2]
     else:
         mappings = sorted({c.mapping for c in existing if c.type == ctype})
         if len(mappings) != 1:
-            raise ConfigError(f"concept {spec!r}: give its mapping, e.g. '{name}:{ctype}:<mapping phrase>'")
+            raise ConfigError(f"concept {_show(spec)}: give its mapping, e.g. '{name[:40]}:{ctype}:<mapping phrase>'")
         mapping = mappings[0]
     try:
         return Concept(name=name, type=ctype, mapping=mapping)
     except ValidationError as exc:
-        raise ConfigError(f"concept {spec!r}: {format_validation_error(exc)}") from None
+        raise ConfigError(f"concept {_show(spec)}: {format_validation_error(exc)}") from None
