@@ -360,3 +360,4 @@ def test_one_flipped_byte_in_any_file_is_caught(tmp_path: Path) -> None:
             assert store.get(ref.stage, ref.key) == ref and store.verify() == []
             n += 1
     assert n >= 10  # the zarr group alone has several files
+    print(f"\nFLIP files={n} kinds={len(refs)} caught={n}")
