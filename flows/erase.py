@@ -6,7 +6,6 @@ config is all store hits, and a grown concept set recomputes only what the new c
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -146,15 +145,17 @@ def check_inputs(cfg: MaceConfig) -> None:
         caption_path(cfg.prior.captions)
         for x in cfg.prior.exclude:
             caption_path(x, "prior.exclude")
-    # 3. prompts: the LLM backend has its URL, model and API key (from the environment, never the config) ...
+    # 3. prompts: the LLM backend has its URL, model and API key (environment or Secret block, never config) ...
     if cfg.prompts.backend == "llm":
         from mace_core.augment import API_KEY_ENV_VARS, settings_from_config
+        from tasks.prompts import LLM_KEY_BLOCK, llm_environ
 
         settings_from_config(cfg.prompts)
-        if not any(os.environ.get(var, "").strip() for var in API_KEY_ENV_VARS):
+        if not any(llm_environ().get(var, "").strip() for var in API_KEY_ENV_VARS):
             raise ValueError(
                 f"prompts.backend='llm' needs an API key: set the {API_KEY_ENV_VARS[0]} environment variable "
-                f"(or {' or '.join(API_KEY_ENV_VARS[1:])}; any non-empty value for a server without authentication)"
+                f"(or {' or '.join(API_KEY_ENV_VARS[1:])}; any non-empty value for a server without authentication) "
+                f"or save it in the Prefect Secret block '{LLM_KEY_BLOCK}'"
             )
     else:  # ... and templates can fill prompts.num_prompts pairs for every concept
         for c in cfg.concepts:

@@ -6,14 +6,17 @@ Backends (``prompts.backend``):
 - ``llm``: prompts written by an OpenAI-compatible chat model (``mace_core.augment.llm_prompt_pairs``), each
   validated against the base model's tokenizer(s) and turned into a template-aligned pair. The key holds
   ``augment.augment_cache_fields`` (backend, model, temperature, instruction version and digest, concept, N,
-  seed_k) plus the tokenizer digest (validation depends on it); never the API key, which is read from the
-  environment by ``mace_core.augment`` only while the stage computes.
+  seed_k) plus the tokenizer digest (validation depends on it); never the API key, which is read while the
+  stage computes from the environment or, when no key variable is set, from the Prefect Secret block
+  ``mace-llm-api-key`` (``llm_environ``), and is held in memory only.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,8 @@ from tasks import store as st
 from tasks._cache import TASK_OPTIONS, cached_stage, files_digest, finish, key_for, model_dir, open_store
 
 STAGE, VERSION = "prompts", "1"
+#: Prefect Secret block that holds the LLM API key when no key environment variable is set.
+LLM_KEY_BLOCK = "mace-llm-api-key"
 TABLE = "prompts.parquet"
 TOKENIZER_DIRS = ("tokenizer", "tokenizer_2")
 
@@ -57,6 +62,20 @@ def prompts_task(concept: Concept, cfg: PromptsConfig, store_root: str, seed: in
         return finish(store, STAGE, key)
 
 
+def llm_environ() -> Mapping[str, str]:
+    """Where the LLM client reads its key: the environment, or (no key variable set) the environment plus the
+    value of the Prefect Secret block ``LLM_KEY_BLOCK`` when the API has one. The value stays in memory."""
+    if any(os.environ.get(var, "").strip() for var in augment.API_KEY_ENV_VARS):
+        return os.environ
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(LLM_KEY_BLOCK).get()
+    except ValueError:  # no such block
+        return os.environ
+    return {**os.environ, augment.API_KEY_ENV_VARS[0]: str(value)}
+
+
 def _llm_prompts(store: st.ArtifactStore, concept: Concept, cfg: PromptsConfig, seed: int | None,
                  model: ModelConfig | None) -> st.ArtifactRef:
     """The ``llm`` backend: cached by (backend, model, instruction, concept, N, seed_k, tokenizer digest)."""
@@ -70,7 +89,7 @@ def _llm_prompts(store: st.ArtifactStore, concept: Concept, cfg: PromptsConfig, 
         if rec.ref is not None:
             return rec.ref
         pairs = augment.llm_prompt_pairs(concept, cfg.num_prompts, seed_k, settings, cfg.llm_max_retries,
-                                         load_tokenizers(mdir))
+                                         load_tokenizers(mdir), environ=llm_environ())
         with store.writer(STAGE, key, config=config, inputs=inputs, version=VERSION) as out:
             st.save_table(out / TABLE, _rows(pairs))
         get_run_logger().info("prompts %s: %d pairs from %s (seed_k=%d)", concept.name, len(pairs),

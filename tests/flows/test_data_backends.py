@@ -5,6 +5,7 @@
   file of the store.
 - ``masks.backend='grounded_sam'`` on tiny random GroundingDINO / SAM checkpoints: masks, overlay previews
   and the detection record are written, the masker is loaded once, the key follows checkpoint contents.
+- The key from a Prefect Secret block when no key variable is set.
 - ``check_inputs``: one-line errors for a missing key variable or checkpoint.
 """
 
@@ -170,6 +171,29 @@ def test_llm_failure_names_the_concept_and_hides_the_key(tiny_model, store_root,
     assert "'cat'" in msg and "missing the concept phrase" in msg and KEY not in msg and "\n" not in msg
     assert len(llm_server.requests) == 2
     assert _files_containing(store_root, KEY) == []
+
+
+def test_llm_key_from_a_prefect_secret_block(tiny_model, store_root, llm_server, monkeypatch):
+    """No key variable set: the key of the Secret block ``mace-llm-api-key`` is sent, and stored nowhere."""
+    from prefect.blocks.system import Secret
+
+    from flows.erase import check_inputs, erase
+    from tasks.prompts import LLM_KEY_BLOCK
+
+    monkeypatch.delenv("MACE_LLM_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cfg = _llm_config(tiny_model, store_root, llm_server)
+    with pytest.raises(ValueError, match=f"Secret block '{LLM_KEY_BLOCK}'"):
+        check_inputs(cfg)
+    Secret(value=KEY).save(LLM_KEY_BLOCK, overwrite=True)
+    try:
+        check_inputs(cfg)
+        llm_server.script((200, prompts_json(*CAT_PROMPTS)))
+        assert erase(cfg).row("prompts").misses == 1
+        assert llm_server.headers[0]["authorization"] == f"Bearer {KEY}"
+        assert _files_containing(store_root, KEY) == []
+    finally:
+        Secret.delete(LLM_KEY_BLOCK)
 
 
 # ----------------------------------------------------------------------------------------------------
