@@ -72,7 +72,10 @@ def demo_config(model: str, store: str) -> Any:
 def run_demo(work: Path, model: str | None) -> dict[str, Any]:
     """Erase CONCEPTS, then add ADDED; returns the erase-subflow run of the add and what it should show."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey,
+                                                FlowRunFilter, FlowRunFilterName)
+
+    from tasks.dashboards import artifact_keys
 
     from flows.add import AddRequest, add
     from flows.erase import erase
@@ -94,7 +97,11 @@ def run_demo(work: Path, model: str | None) -> dict[str, Any]:
         runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"erase-{RUN}"])))
         sub = next(r for r in runs if r.parent_task_run_id is not None
                    and c.read_task_run(r.parent_task_run_id).flow_run_id == parent)
+        table = c.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[sub.id]),
+            key=ArtifactFilterKey(any_=[artifact_keys(RUN)["stages"]])))[0]
     return {"flow_run_id": str(sub.id), "flow_run_name": sub.name, "add_run_id": str(parent),
+            "stages_artifact_id": str(table.id),
             "concepts": report.concepts, "table": report.concept_stages}
 
 
@@ -129,12 +136,8 @@ def capture(ui: str, auth: str, demo: dict[str, Any], out: Path, timeout_s: floa
             html = page.content()
             checks["flow_run"] = {"login_passed": "/login" not in page.url, "run_name": demo["flow_run_name"] in html}
             # 2. its task runs, named <stage>-<concept>
-            page.goto(f"{ui}/runs/flow-run/{demo['flow_run_id']}?tab=Task%20Runs", timeout=ms)
-            try:
-                page.get_by_text(f"lora-{ADDED}").first.wait_for(timeout=30_000)
-            except Exception:  # noqa: BLE001 - a UI that ignores ?tab=: click the tab
-                page.get_by_text("Task Runs", exact=True).first.click(timeout=ms)
-                page.get_by_text(f"lora-{ADDED}").first.wait_for(timeout=ms)
+            page.get_by_text("Task Runs", exact=True).first.click(timeout=ms)
+            page.get_by_text(f"lora-{ADDED}").first.wait_for(timeout=ms)
             settle()
             page.screenshot(path=str(out / "ops-task-runs.png"))
             html = page.content()
@@ -151,8 +154,8 @@ def capture(ui: str, auth: str, demo: dict[str, Any], out: Path, timeout_s: floa
             html = page.content()
             checks["artifacts_tab"] = {"stages_key": key in html, "model_key": artifact_keys(RUN)["model"] in html,
                                        "progress_key": artifact_keys(RUN)["progress"] in html}
-            # 4. the stage-table artifact (latest version of the key: this run's table)
-            page.goto(f"{ui}/artifacts/key/{key}", timeout=ms)
+            # 4. the stage-table artifact of this run, rendered
+            page.goto(f"{ui}/artifacts/artifact/{demo['stages_artifact_id']}", timeout=ms)
             page.locator("table").first.wait_for(timeout=ms)
             settle()
             page.screenshot(path=str(out / "ops-stage-table.png"))
