@@ -45,7 +45,7 @@ def _config(model: str, store: str, n: int):
         "model": {"path": model}, "prompts": {"num_prompts": 4},
         "images": {"num_images": 2, "steps": 2, "batch_size": 2}, "masks": {"backend": "attention"},
         "prior": {"captions": "miniworld", "shard_size": 5, "batch_size": 4},
-        "lora": {"steps": 2, "learning_rate": 1e-3},
+        "cfr": {"lam": 100.0}, "fusion": {"lam": 100.0}, "lora": {"steps": 2, "learning_rate": 1e-3},
         "execution": {"store": store, "retries": 1, "retry_delay_s": 1},
     })
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+SUITES = ("objects", "ablation", "identities", "styles", "heldout")
 PRESETS = Path(__file__).resolve().parents[1] / "configs"
 OBJECT_MAPPING = "meadow"  # a scene of the world: "a photo of a cat" -> "a photo of a meadow"
 
@@ -245,11 +246,13 @@ def _table(rows: list[dict], cols: list[str]) -> str:
                             for r in rows) + "\n"
 
 
-def write_report(result: dict, command: str) -> None:
+def write_report(result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quality.json").write_text(json.dumps(result, indent=1))
-    md = [f"# Erasure quality on the miniworld\n\nCommand: `{command}`  \nMachine: {result['machine']}  \n"
-          f"Date: {result['date']}; wall time {result['wall_s']:.0f} s; seeds per prompt: {result['seeds']}\n\n"
+    runs = "".join(f"- {k}: `{r['command']}` ({r['date']}, {r['wall_s']} s, {r['seeds']} seeds per prompt)\n"
+                   for k, r in result["runs"].items())
+    md = [f"# Erasure quality on the miniworld\n\nMachine: {result['machine']}; model weights digest "
+          f"`{result['model_digest'][:16]}`. Suites and the commands that measured them:\n\n{runs}\n"
           "Accuracies are the miniworld classifier's top-1 on generated images, in %. Acc_e, Acc_g: lower is "
           "better; Acc_s: higher is better. H_o, H_c: the paper's harmonic means (Eq. 8, 9).\n"]
     cols = ["setting", "acc_e", "acc_s", "acc_g", "h_o", "h_c", "erase_s", "lora_misses"]
@@ -317,8 +320,18 @@ def main() -> None:
     result: dict[str, Any] = {"machine": {"cpu": platform.machine(), "cores": os.cpu_count(),
                                           "torch": torch.__version__, "threads": torch.get_num_threads()},
                               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": args.seeds}
+    from miniworld.paths import PIPELINE_DIR
+    from tasks._cache import files_digest
+
+    # suites of an earlier invocation are kept only when they measured the same model weights
+    result["model_digest"] = files_digest(Path(PIPELINE_DIR))
     previous = json.loads((RESULTS / "quality.json").read_text()) if (RESULTS / "quality.json").exists() else {}
-    result |= {k: v for k, v in previous.items() if k in ("objects", "ablation", "identities", "styles", "heldout")}
+    if previous.get("model_digest") == result["model_digest"]:
+        result |= {k: v for k, v in previous.items() if k in SUITES}
+        result["runs"] = {k: v for k, v in previous.get("runs", {}).items() if k in SUITES}
+    result.setdefault("runs", {})
+    command = "python -m benchmarks.quality " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                                                         if k != "store")
     for suite in suites:
         t = time.perf_counter()
         if suite == "objects":
@@ -337,9 +350,10 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown suite {suite!r}")
         print(f"{suite}: {time.perf_counter() - t:.0f} s", flush=True)
+        result["runs"][suite] = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                 "wall_s": round(time.perf_counter() - t), "seeds": args.seeds}
         result["wall_s"] = time.perf_counter() - t0
-        write_report(result, "python -m benchmarks.quality " + " ".join(
-            f"--{k} {v}" for k, v in vars(args).items() if k != "store"))
+        write_report(result)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class Run:
 
     workdir: Path
     seed: int
+    resumed_at: int = 0  # the step a checkpoint restored (0: a fresh run)
 
     def batch_indices(self, step: int, n: int, batch_size: int) -> torch.Tensor:
         """The (deterministic) sample indices of ``step``."""
@@ -64,7 +65,8 @@ class Run:
         for name, module in modules.items():
             module.load_state_dict(state[name])
         log.info("resumed from %s at step %d", path, state["step"])
-        return int(state["step"])
+        self.resumed_at = int(state["step"])
+        return self.resumed_at
 
     def save(self, step: int, modules: dict[str, torch.nn.Module | torch.optim.Optimizer]) -> None:
         """Write the checkpoint atomically."""
@@ -112,10 +114,18 @@ def to_float(images_u8: torch.Tensor) -> torch.Tensor:
 
 
 def finish(run: Run, out: Path, steps: int, started: float, extra: dict | None = None) -> None:
-    """Record the training summary (steps, wall time) next to the saved model."""
-    summary = {"steps": steps, "wall_seconds": round(time.time() - started, 1)} | (extra or {})
+    """Record the training summary (steps, wall time) next to the saved model. A resumed run adds its wall
+    time to that of the sessions before it (their summary.json), so the card reports the whole cost."""
+    wall = time.time() - started
+    sessions = 1
+    prev = run.workdir / "summary.json"
+    if run.resumed_at > 0 and prev.exists():  # an earlier session of this run stopped at a deadline
+        before = json.loads(prev.read_text())
+        wall += before.get("wall_seconds", 0.0)
+        sessions += before.get("sessions", 1)
+    summary = {"steps": steps, "wall_seconds": round(wall, 1), "sessions": sessions} | (extra or {})
     out.mkdir(parents=True, exist_ok=True)
-    (run.workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    prev.write_text(json.dumps(summary, indent=1))
     log.info("done: %s", summary)
 
 
