@@ -150,6 +150,10 @@ def main() -> None:
                      f"{m['queue']:.1f} | {m['startup']:.1f} | {m['finish']:.1f} | {m['notice']:.1f} |")
     md = "# Distributed LoRA jobs: overhead per job\n\n" + "\n".join(f"- {k}: {v}" for k, v in setup.items())
     md += "\n\n" + "\n".join(lines) + "\n"
+    md += ("\nOverhead = the parent's wait for a job minus the job's own LoRA task. `queue` (child created -> started)"
+           " includes waiting for a free worker: N jobs share the workers, so it grows with N. `start-up`, `finish`"
+           " and `notice` are the per-job cost of running as a separate flow run. Command: "
+           "`PYTHONPATH=. python -m benchmarks.distributed --concepts 3 10`.\n")
     (OUT / "distributed.md").write_text(md)
     print(md)
 
