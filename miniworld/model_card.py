@@ -100,7 +100,13 @@ def main() -> None:
         for k, target in TARGETS.items():
             lines.append(f"| {k} | {f[k]:.3f} | >= {target} | {'yes' if f[k] >= target else '**no**'} |")
         s8 = f["seconds_for_8_images"]
-        lines.append(f"| seconds for 8 images | {s8} | <= 3 | {'yes' if s8 <= 3 else '**no**'} |\n")
+        lines.append(f"| seconds for 8 images | {s8} | <= 3 | {'yes' if s8 <= 3 else '**no**'} |")
+        iou, iou_mis = f["attention_mask_iou"], f["attention_mask_iou_mismatched"]
+        lines.append(f"| attention-mask IoU vs renderer masks | {iou:.3f} | > mismatched pairs ({iou_mis:.3f}) | "
+                     f"{'yes' if iou > iou_mis else '**no**'} |\n")
+        lines.append("Training wall times are per model; a model trained in several sessions (resumed from its "
+                     "checkpoint) reports their sum. The UNet is the limiting part: its loss was still falling "
+                     "at the last step (`logs/unet_loss.csv`), and more steps are the known fix.\n")
     (WEIGHTS_DIR / "README.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {WEIGHTS_DIR / 'README.md'}")
 
