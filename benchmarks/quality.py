@@ -159,6 +159,11 @@ def suite_identities(store: str, seeds: int, counts: list[int]) -> dict:
 
 
 @torch.no_grad()
+def _embeds(out: Any) -> torch.Tensor:
+    """The projected CLIP embedding: transformers 5 returns an output whose ``pooler_output`` holds it."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 def clip_scores(store: str, ref_id: str) -> dict[str, float]:
     """Mean miniworld-CLIP score (100 x cosine, clipped at 0) of an evaluation's images per group."""
     from PIL import Image
@@ -179,7 +184,7 @@ def clip_scores(store: str, ref_id: str) -> dict[str, float]:
                           for r in rows]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     ids = tok([r["prompt"] for r in rows], padding="max_length", max_length=77, truncation=True,
               return_tensors="pt").input_ids
-    scores = clip_score(model.get_image_features(pixel_values=images), model.get_text_features(input_ids=ids))
+    scores = clip_score(_embeds(model.get_image_features(pixel_values=images)), _embeds(model.get_text_features(input_ids=ids)))
     out: dict[str, list[float]] = {}
     for r, s in zip(rows, scores.tolist(), strict=True):
         out.setdefault(r["group"], []).append(s)
@@ -220,10 +225,10 @@ def suite_heldout(store: str, erased_model: str, n: int) -> dict:
     clip = CLIPModel.from_pretrained(str(CLIP_DIR)).float().eval()
     ids = load_tokenizer(CLIP_DIR)(captions, padding="max_length", max_length=77, truncation=True,
                                    return_tensors="pt").input_ids
-    text = clip.get_text_features(input_ids=ids)
+    text = _embeds(clip.get_text_features(input_ids=ids))
     real = clf.features(renders).numpy()
-    out = {"captions": n, "renders": {"clip_score": round(float(clip_score(clip.get_image_features(
-        pixel_values=renders), text).mean()), 2)}}
+    out = {"captions": n, "renders": {"clip_score": round(float(clip_score(_embeds(clip.get_image_features(
+        pixel_values=renders)), text).mean()), 2)}}
     for label, path in (("original", "miniworld"), ("erased", erased_model)):
         pipe = load_pipeline(path)
         images = core_generate.generate_images(pipe, captions, list(range(n)), steps=20, guidance_scale=7.5,
@@ -231,7 +236,7 @@ def suite_heldout(store: str, erased_model: str, n: int) -> dict:
         x = torch.stack([torch.from_numpy(np.asarray(i.convert("RGB"))) for i in images]).permute(0, 3, 1, 2)
         x = x.float().div(127.5).sub(1)
         out[label] = {"frechet_to_renders": round(frechet_distance(clf.features(x).numpy(), real), 3),
-                      "clip_score": round(float(clip_score(clip.get_image_features(pixel_values=x), text).mean()), 2)}
+                      "clip_score": round(float(clip_score(_embeds(clip.get_image_features(pixel_values=x)), text).mean()), 2)}
     return out
 
 
