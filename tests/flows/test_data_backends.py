@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.data_stages.conftest import ScriptedLlmServer, prompts_json
+from tests.data_stages.conftest import llm_server, prompts_json  # noqa: F401 - llm_server: the shared fixture
 from tests.flows.conftest import make_config
 
 KEY = "sk-planted-SECRET-a9f3c1d07e5b42"
@@ -29,17 +29,6 @@ CAT_PROMPTS = ("a cat on a sofa", "a sleepy cat in the sun", "a cat at the windo
 # ----------------------------------------------------------------------------------------------------
 # fixtures
 # ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def llm_server():
-    server = ScriptedLlmServer()
-    server.thread.start()
-    try:
-        yield server
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
 
 
 @pytest.fixture
