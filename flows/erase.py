@@ -179,14 +179,23 @@ def check_inputs(cfg: MaceConfig) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
+#: Concept tags only up to this many concepts: every tag is a related resource of each Prefect event, and
+#: an event with more than 100 is rejected by the server, which crashed the task runs of a 100-concept erase.
+MAX_CONCEPT_TAGS = 64
+
+
 def run_tags(cfg: MaceConfig) -> list[str]:
-    """Tags of every task run of a run: ``mace``, ``run:<name>`` and ``concept:<name>`` for each concept.
+    """Tags of every task run of a run: ``mace``, ``run:<name>`` and ``concept:<name>`` for each concept
+    (for runs of at most ``MAX_CONCEPT_TAGS`` concepts; task names still carry the concept beyond that).
 
     One shared tag set per run (not one per task) on purpose: Prefect 3.8 checks tag concurrency limits
     per distinct tag set, ~2 s for each new set on 2 cores, which made an all-hits rerun of two concepts
     take 15 s instead of 1 s. The stage and concept of a task run are in its name (``lora-cat``).
     """
-    return ["mace", f"run:{cfg.name}", *(f"concept:{c.name}" for c in sorted(cfg.concepts, key=lambda c: c.key))]
+    tags = ["mace", f"run:{cfg.name}"]
+    if len(cfg.concepts) <= MAX_CONCEPT_TAGS:
+        tags += [f"concept:{c.name}" for c in sorted(cfg.concepts, key=lambda c: c.key)]
+    return tags
 
 
 def settle(futures: list[Any]) -> None:

@@ -133,3 +133,30 @@ def test_failed_stage_is_one_line_naming_stage_and_concept(tiny_model, tmp_path,
     cells, _, md = stage_table(state.state_details.flow_run_id, cfg.name)
     assert cells["cat"]["lora"] == "failed" and cells["cat"]["masks"] == "-" and cells["cat"]["prompts"] == "miss"
     assert "**Failed:** ValueError: stage lora of concept 'cat' failed" in md
+
+
+def test_run_tags_fit_a_prefect_event_at_100_concepts(tmp_path):
+    """Concept tags up to MAX_CONCEPT_TAGS concepts; beyond, none, so a task-run event (one related resource
+    per tag, at most 100 in all) stays valid. With every concept tagged, a 100-concept erase crashed."""
+    from prefect.events import Event
+
+    from flows.erase import MAX_CONCEPT_TAGS, run_tags
+
+    def event_with(tags):
+        related = [{"prefect.resource.id": f"prefect.tag.{t}", "prefect.resource.role": "tag"} for t in tags]
+        related += [{"prefect.resource.id": f"prefect.{kind}.0", "prefect.resource.role": kind}
+                    for kind in ("flow-run", "flow", "task-run", "deployment", "work-pool", "work-queue")]
+        return Event(event="prefect.task-run.Pending", resource={"prefect.resource.id": "prefect.task-run.1"},
+                     related=related)
+
+    def config(n):
+        return make_config(str(tmp_path), str(tmp_path), concepts=tuple(f"thing{i}" for i in range(n)))
+
+    few = run_tags(config(MAX_CONCEPT_TAGS))
+    assert few[:2] == ["mace", "run:test-run"] and len(few) == 2 + MAX_CONCEPT_TAGS
+    event_with(few)
+    many = config(100)
+    assert run_tags(many) == ["mace", "run:test-run"]
+    event_with(run_tags(many))
+    with pytest.raises(ValueError, match="maximum number of related resources"):  # why the cap exists
+        event_with(["mace", "run:test-run", *(f"concept:{c.name}" for c in many.concepts)])
