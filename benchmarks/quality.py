@@ -184,7 +184,8 @@ def clip_scores(store: str, ref_id: str) -> dict[str, float]:
                           for r in rows]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     ids = tok([r["prompt"] for r in rows], padding="max_length", max_length=77, truncation=True,
               return_tensors="pt").input_ids
-    scores = clip_score(_embeds(model.get_image_features(pixel_values=images)), _embeds(model.get_text_features(input_ids=ids)))
+    scores = clip_score(_embeds(model.get_image_features(pixel_values=images)),
+                        _embeds(model.get_text_features(input_ids=ids)))
     out: dict[str, list[float]] = {}
     for r, s in zip(rows, scores.tolist(), strict=True):
         out.setdefault(r["group"], []).append(s)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 from miniworld.paths import CLASSIFIER_DIR, TRAIN_DIR, WEIGHTS_DIR
@@ -54,6 +55,16 @@ def plot_losses(logs: Path) -> None:
         ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(logs / "loss_curves.png", dpi=100)
+
+
+def loss_trend(path: Path, window: int = 10) -> tuple[float, float] | None:
+    """Mean loss of the last ``window`` logged points and of the ``window`` before them (None: too few)."""
+    if not path.exists():
+        return None
+    losses = [float(r["loss"]) for r in csv.DictReader(path.open())]
+    if len(losses) < 2 * window:
+        return None
+    return statistics.fmean(losses[-2 * window:-window]), statistics.fmean(losses[-window:])
 
 
 def main() -> None:
@@ -105,8 +116,13 @@ def main() -> None:
         lines.append(f"| attention-mask IoU vs renderer masks | {iou:.3f} | > mismatched pairs ({iou_mis:.3f}) | "
                      f"{'yes' if iou > iou_mis else '**no**'} |\n")
         lines.append("Training wall times are per model; a model trained in several sessions (resumed from its "
-                     "checkpoint) reports their sum. The UNet is the limiting part: its loss was still falling "
-                     "at the last step (`logs/unet_loss.csv`), and more steps are the known fix.\n")
+                     "checkpoint) reports their sum.")
+        trend = loss_trend(logs / "unet_loss.csv")
+        if trend is not None:
+            lines.append(f"UNet loss, mean of the last 10 logged points: {trend[1]:.4f}, against {trend[0]:.4f} for "
+                         f"the 10 before (`logs/unet_loss.csv`): "
+                         f"{'still falling' if trend[1] < trend[0] else 'no longer falling'}.")
+        lines.append("")
     (WEIGHTS_DIR / "README.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {WEIGHTS_DIR / 'README.md'}")
 
