@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect import flow, get_run_logger, tags
+from prefect import flow, get_client, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -21,7 +22,7 @@ from mace_core.concepts import Concept
 from mace_core.config import MaceConfig
 from mace_core.prompts import TEMPLATES
 from tasks import dashboards
-from tasks._cache import LEDGER, RUN_SCOPE, StageEvent, files_digest, model_dir, open_store
+from tasks._cache import LEDGER, RUN_SCOPE, StageEvent, files_digest, model_dir, open_store, with_retries
 from tasks.cfr import cfr_concept_task, cfr_task
 from tasks.export import export_task, pipeline_dir
 from tasks.fusion import fusion_task
@@ -185,17 +186,28 @@ MAX_CONCEPT_TAGS = 64
 
 
 def run_tags(cfg: MaceConfig) -> list[str]:
-    """Tags of every task run of a run: ``mace``, ``run:<name>`` and ``concept:<name>`` for each concept
-    (for runs of at most ``MAX_CONCEPT_TAGS`` concepts; task names still carry the concept beyond that).
-
-    One shared tag set per run (not one per task) on purpose: Prefect 3.8 checks tag concurrency limits
-    per distinct tag set, ~2 s for each new set on 2 cores, which made an all-hits rerun of two concepts
-    take 15 s instead of 1 s. The stage and concept of a task run are in its name (``lora-cat``).
-    """
+    """Tags of a run's flow run: ``mace``, ``run:<name>`` and ``concept:<name>`` for each concept (for runs
+    of at most ``MAX_CONCEPT_TAGS`` concepts; task names still carry the concept beyond that)."""
     tags = ["mace", f"run:{cfg.name}"]
     if len(cfg.concepts) <= MAX_CONCEPT_TAGS:
         tags += [f"concept:{c.name}" for c in sorted(cfg.concepts, key=lambda c: c.key)]
     return tags
+
+
+def tag_flow_run(tags: list[str]) -> None:
+    """Add ``tags`` to the current flow run (one API call), not to each task run.
+
+    Prefect 3.8 acquires tag concurrency slots with an API round trip for every tagged task run, on the
+    critical path between a task's inputs becoming ready and its body starting: with the run's tags on its
+    63 task runs a cold 5-concept erase spent 10.2 % of its wall time outside task bodies, without them
+    2.3 % (benchmarks/pipeline.py). The UI filters flow runs by tag; task runs are named ``<stage>-<concept>``.
+    """
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    merged = sorted(set(ctx.flow_run.tags or []) | set(tags))
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(ctx.flow_run.id, tags=merged)
 
 
 def settle(futures: list[Any]) -> None:
@@ -241,9 +253,8 @@ def publish_dashboards(cfg: MaceConfig, scope: str, output: str | None = None, f
 
 
 def _submit(task_fn: Any, cfg: MaceConfig, concept: str | None, *args: Any, **kwargs: Any) -> Any:
-    """Submit with the run's retry policy (tags come from the flow's ``tags`` context)."""
-    opts = dict(retries=cfg.execution.retries, retry_delay_seconds=cfg.execution.retry_delay_s)
-    future = task_fn.with_options(**opts).submit(*args, **kwargs)
+    """Submit with the run's retry policy."""
+    future = with_retries(task_fn, cfg.execution.retries, cfg.execution.retry_delay_s).submit(*args, **kwargs)
     future.mace_label = (task_fn.name, concept)  # settle() names the stage and concept of a failure
     return future
 
@@ -256,7 +267,8 @@ def erase(cfg: MaceConfig) -> RunReport:
 
     log = get_run_logger()
     t0 = time.perf_counter()
-    with run_scope() as scope, tags(*run_tags(cfg)):
+    tag_flow_run(run_tags(cfg))
+    with run_scope() as scope:
         # 1. validate everything cheap before any model work
         check_inputs(cfg)
         lora_fn = lora_runner()  # remote_lora_task when MACE_LORA_DEPLOYMENT names a deployment, else lora_task

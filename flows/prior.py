@@ -14,7 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from mace_core.config import MaceConfig
 from tasks import store as st
-from tasks._cache import files_digest, model_dir, open_store
+from tasks._cache import files_digest, model_dir, open_store, with_retries
 from tasks.prior import captions_task, domain_prior_task, load_count, prior_merge_task, prior_shard_task
 
 
@@ -26,22 +26,21 @@ def prior(cfg: MaceConfig) -> tuple[st.ArtifactRef | None, st.ArtifactRef | None
 
     log = get_run_logger()
     root, m, ex = cfg.execution.store, cfg.model, cfg.execution
-    opts = dict(retries=ex.retries, retry_delay_seconds=ex.retry_delay_s)
     # 1. text-encoder digest (P and D depend on the text encoder + tokenizer only)
     text_digest = files_digest(model_dir(m.path), ("text_encoder", "tokenizer"))
     # 2. freeze the caption set
-    captions = captions_task.with_options(**opts)(cfg.prior, root)
+    captions = with_retries(captions_task, ex.retries, ex.retry_delay_s)(cfg.prior, root)
     n = load_count(open_store(root), captions)
     # 3. one Gram per shard (resumable), then P = their sum in shard order
     n_shards = math.ceil(n / cfg.prior.shard_size)
-    shards = [prior_shard_task.with_options(**opts).submit(captions, i, cfg.prior, m, text_digest, root,
+    shards = [with_retries(prior_shard_task, ex.retries, ex.retry_delay_s).submit(captions, i, cfg.prior, m, text_digest, root,
                                                            ex.lora_concurrency) for i in range(n_shards)]
     settle(shards)
-    P = prior_merge_task.with_options(**opts)(shards, root)
+    P = with_retries(prior_merge_task, ex.retries, ex.retry_delay_s)(shards, root)
     log.info("prior: %d captions in %d shards", n, n_shards)
     # 4. domain prior D from the retain list (only when something weights it)
     D = None
     if needs_domain(cfg):
-        D = domain_prior_task.with_options(**opts)(cfg.prior, dominant_type(cfg.concepts), m, text_digest, root,
+        D = with_retries(domain_prior_task, ex.retries, ex.retry_delay_s)(cfg.prior, dominant_type(cfg.concepts), m, text_digest, root,
                                                    ex.lora_concurrency)
     return P, D

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import json
 import logging
@@ -77,6 +78,13 @@ TASK_OPTIONS: dict[str, Any] = dict(
     retry_delay_seconds=2,
     retry_condition_fn=is_transient,
 )
+
+
+@functools.lru_cache(maxsize=256)
+def with_retries(task_fn: Any, retries: int, delay_s: float) -> Any:
+    """``task_fn`` with a run's retry policy, built once per policy: ``Task.with_options`` re-reads and
+    hashes the task's source (``inspect.getsource``), ~15 ms a call, a visible share of an all-hits rerun."""
+    return task_fn.with_options(retries=retries, retry_delay_seconds=delay_s)
 
 
 # ----------------------------------------------------------------------------------------------------

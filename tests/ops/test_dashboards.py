@@ -33,6 +33,17 @@ def run_artifacts(flow_run_id) -> dict[str, object]:
     return {a.key: a for a in arts}
 
 
+def flow_run_and_task_runs(flow_run_id):
+    """The flow run and its task runs, read back from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as c:
+        flow_run = c.read_flow_run(flow_run_id)
+        task_runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return flow_run, task_runs
+
+
 def parse_tables(markdown: str) -> list[list[list[str]]]:
     """Every markdown table as rows of cells (header first, separator dropped)."""
     tables, cur = [], None
@@ -100,6 +111,12 @@ def test_erase_and_rerun_publish_stage_table_link_and_progress(tiny_model, tmp_p
     assert f"]({Path(report.output).as_uri()})" in arts[keys["model"]].data
     assert arts[keys["progress"]].type == "progress" and float(arts[keys["progress"]].data) == 100.0
     assert report.output in md
+    # the flow run carries the run's tags (the UI's tag filter); its task runs carry none, so Prefect makes no
+    # per-task tag-concurrency round trip (flows.erase.tag_flow_run)
+    flow_run, task_runs = flow_run_and_task_runs(fr)
+    assert {"mace", "run:Dash_Run", "concept:cat", "concept:dog"} <= set(flow_run.tags), flow_run.tags
+    assert task_runs and all(not t.tags for t in task_runs), [t.tags for t in task_runs if t.tags]
+    assert {"lora-cat", "lora-dog", "images-cat"} <= {t.name for t in task_runs}
     # 2. rerun: the same table, all hits
     state2 = erase(cfg, return_state=True)
     cells2, stages2, _ = stage_table(state2.state_details.flow_run_id, cfg.name)
