@@ -11,8 +11,11 @@ Parts (random weights everywhere; nothing downloaded):
   local scripted server (model latency excluded: it depends on the server).
 - ``gsam``: per-image time of Grounded-SAM (GroundingDINO SwinT-OGC at the trained 800 px, SAM ``--sam-type``)
   on a 512x512 image; per concept = 8 images.
-- ``iou``: the attention masker's IoU against the miniworld renderer's masks needs the trained miniworld
-  pipeline; it is reported as pending until ``miniworld/weights/pipeline/model_index.json`` exists.
+- ``masks``: the default attention masker on the shipped miniworld, against the renderer's ground truth: IoU on
+  single-object renders (with a mismatched-pairs and a constant-mask baseline) and, on two-object renders, how
+  often a subject's attention saliency is heavier on it than on the other subject (0.5 = chance).
+- ``stages``: seconds per concept of each stage, from a cold one-concept erase with the ``miniworld-objects``
+  preset (flows.erase; the set stages CFR, fusion and export are listed too).
 
     python -m benchmarks.data_stages                         # CPU, all parts
     python -m benchmarks.data_stages --device cuda --sam-type vit_h --out-suffix _h100
@@ -167,6 +170,30 @@ def bench_gsam(device: str, sam_type: str, dino_size: int) -> dict:
             "per_image_s": round(per_image, 2), "per_concept_8_images_s": round(8 * per_image, 1)}
 
 
+def bench_masks(device: str, n: int = 64) -> dict:
+    """The attention masker on the miniworld, scored against the renderer (miniworld.quality)."""
+    from miniworld.quality import attention_localisation, attention_mask_iou, load_pipeline
+
+    pipe = load_pipeline(device=device)
+    t0 = time.perf_counter()
+    single = attention_mask_iou(pipe, n=n)
+    seconds = time.perf_counter() - t0
+    return {"single_object": single, "two_objects": attention_localisation(pipe, n=n),
+            "seconds_per_image": round(seconds / single["n"], 3)}
+
+
+def bench_stages(device: str) -> dict:
+    """Seconds per concept of each stage: a cold one-concept erase (``cat``) with the miniworld-objects preset."""
+    from benchmarks.quality import make_config, object_concept
+    from flows.erase import erase
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
+    store = tempfile.mkdtemp(prefix="bench-stages-")
+    report = erase(make_config("objects", "bench-stages", [object_concept("cat")], store, model={"device": device}))
+    return {"config": "configs/miniworld-objects.yaml with the concept cat, cold store",
+            "seconds": {r.stage: round(r.seconds, 2) for r in report.stages}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -174,7 +201,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--sam-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
     ap.add_argument("--dino-size", type=int, default=800)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["prior", "captions", "augment", "gsam"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["prior", "captions", "augment", "gsam", "masks", "stages"])
     ap.add_argument("--out-suffix", default="")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -182,24 +209,23 @@ def main() -> None:
     from miniworld.paths import CAPTIONS_PATH, PIPELINE_DIR
 
     results: dict = {}
-    mini_ready = (PIPELINE_DIR / "model_index.json").is_file()
     if "prior" not in args.skip:
-        captions = list(read_captions(CAPTIONS_PATH, max_captions=args.captions + args.batch_size))[args.batch_size :]
-        results["prior"] = {"clip_vit_l14_random": bench_prior(clip_l_pipeline(args.device), captions, args.batch_size)}
-        if mini_ready:
-            from mace_core.models import load_pipeline
+        from mace_core.models import load_pipeline
 
-            results["prior"]["miniworld"] = bench_prior(load_pipeline("miniworld", device=args.device), captions, args.batch_size)
-        else:
-            results["prior"]["miniworld"] = "pending: miniworld/weights/pipeline has no text encoder yet"
+        captions = list(read_captions(CAPTIONS_PATH, max_captions=args.captions + args.batch_size))[args.batch_size :]
+        results["prior"] = {"clip_vit_l14_random": bench_prior(clip_l_pipeline(args.device), captions, args.batch_size),
+                            "miniworld": bench_prior(load_pipeline(str(PIPELINE_DIR), device=args.device), captions,
+                                                     args.batch_size)}
     if "captions" not in args.skip:
         results["captions"] = bench_captions()
     if "augment" not in args.skip:
         results["augment"] = bench_augment()
     if "gsam" not in args.skip:
         results["gsam"] = bench_gsam(args.device, args.sam_type, args.dino_size)
-    results["iou"] = ("pending: needs the trained miniworld pipeline" if not mini_ready else
-                      "pending: scoring against miniworld.render masks not implemented yet")
+    if "masks" not in args.skip:
+        results["masks"] = bench_masks(args.device)
+    if "stages" not in args.skip:
+        results["stages"] = bench_stages(args.device)
     machine = {"cpu": platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                "torch": torch.__version__, "device": args.device,
                "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None}
@@ -230,7 +256,17 @@ def _markdown(out: dict) -> str:
                        ("gsam", "Grounded-SAM per image (random weights)")):
         if key in r:
             lines += [f"## {title}", "", *[f"- {k}: {v}" for k, v in r[key].items()], ""]
-    lines += ["## Attention-masker IoU vs renderer masks", "", f"- {r['iou']}", ""]
+    if "masks" in r:
+        m, two = r["masks"]["single_object"], r["masks"]["two_objects"]
+        lines += ["## Attention masker vs renderer masks (miniworld)", "",
+                  f"- single-object renders ({m['n']}): IoU {m['iou']}, mismatched pairs {m['mismatched']}, "
+                  f"a constant mask (the mean truth) {m['constant']}",
+                  f"- two-object renders ({two['maps']} maps): own subject heavier than the other in {two['win_rate']} "
+                  f"(chance 0.5); saliency share on own subject {two['own_share']}, on the other {two['other_share']}",
+                  f"- {r['masks']['seconds_per_image']} s per image", ""]
+    if "stages" in r:
+        lines += ["## Seconds per concept of each stage (miniworld)", "", r["stages"]["config"], "",
+                  "| stage | s |", "|---|---|", *[f"| {k} | {v} |" for k, v in r["stages"]["seconds"].items()], ""]
     return "\n".join(lines)
 
 

@@ -114,7 +114,14 @@ def main() -> None:
         lines.append(f"| seconds for 8 images | {s8} | <= 3 | {'yes' if s8 <= 3 else '**no**'} |")
         iou, iou_mis = f["attention_mask_iou"], f["attention_mask_iou_mismatched"]
         lines.append(f"| attention-mask IoU vs renderer masks | {iou:.3f} | > mismatched pairs ({iou_mis:.3f}) | "
-                     f"{'yes' if iou > iou_mis else '**no**'} |\n")
+                     f"{'yes' if iou > iou_mis else '**no**'} |")
+        if "attention_own_subject_win_rate" in f:
+            const, win = f["attention_mask_iou_constant"], f["attention_own_subject_win_rate"]
+            lines += [f"| attention-mask IoU vs a constant mask (the mean truth, {const:.3f}) | {iou:.3f} | > {const:.3f} "
+                      f"| {'yes' if iou > const else '**no**'} |",
+                      f"| two-object renders: a subject's attention heavier on it than on the other | {win:.3f} | > 0.5 "
+                      f"| {'yes' if win > 0.5 else '**no**'} |"]
+        lines.append("")
         lines.append("Training wall times are per model; a model trained in several sessions (resumed from its "
                      "checkpoint) reports their sum.")
         trend = loss_trend(logs / "unet_loss.csv")

@@ -109,8 +109,9 @@ def measure_quality(
         figures[f"{name}_top1"] = round(top1(clf, images, head, expected, seeds), 4)
         log.info("%s: top-1 %.4f (%d images, %.1f s)", name, figures[f"{name}_top1"], len(images), time.perf_counter() - t0)
     figures["seconds_for_8_images"] = round(time_eight(pipe, steps, guidance), 3)
-    masks = attention_mask_iou(pipe)
-    figures["attention_mask_iou"], figures["attention_mask_iou_mismatched"] = masks["iou"], masks["mismatched"]
+    masks, local = attention_mask_iou(pipe), attention_localisation(pipe)
+    figures |= {"attention_mask_iou": masks["iou"], "attention_mask_iou_mismatched": masks["mismatched"],
+                "attention_mask_iou_constant": masks["constant"], "attention_own_subject_win_rate": local["win_rate"]}
     result = {
         "pipeline": str(pipeline_dir),
         "device": device,
@@ -126,27 +127,75 @@ def measure_quality(
     return result
 
 
-@torch.no_grad()
-def attention_mask_iou(pipe: StableDiffusionPipeline, n: int = 32, seed: int = 0) -> dict[str, float]:
-    """The default masker (the model's own cross-attention) on held-out single-object renders, scored by IoU
-    against the renderer's ground-truth masks; ``mismatched`` pairs each mask with another render's truth."""
+def _heldout_renders(n: int, subjects: int) -> tuple[list, list]:
+    """The first ``n`` held-out (row, spec) pairs whose subjects are ``subjects`` distinct objects, rendered."""
     import pyarrow.parquet as pq
 
-    from mace_core.masks import attention_masks, mask_iou
     from miniworld.corpus import spec_of
     from miniworld.paths import HELDOUT_CAPTIONS_PATH
     from miniworld.render import render
 
-    specs = [spec_of(r) for r in pq.read_table(HELDOUT_CAPTIONS_PATH).slice(0, 20 * n).to_pylist()]
-    specs = [s for s in specs if len(s.subjects) == 1 and s.subjects[0].kind == "object"][:n]
-    renders = [render(s) for s in specs]
-    x = torch.from_numpy(np.stack([r.image for r in renders])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    concepts = [s.subjects[0].name for s in specs]
-    pred = attention_masks(pipe, x, [object_prompt(c) for c in concepts], concepts,
+    rows = pq.read_table(HELDOUT_CAPTIONS_PATH).slice(0, 60 * n).to_pylist()
+    picked = [(r, s) for r, s in ((r, spec_of(r)) for r in rows)
+              if len(s.subjects) == subjects and all(x.kind == "object" for x in s.subjects)
+              and len({x.name for x in s.subjects}) == subjects][:n]
+    return picked, [render(s) for _, s in picked]
+
+
+def _as_model_input(renders: list) -> torch.Tensor:
+    return torch.from_numpy(np.stack([r.image for r in renders])).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@torch.no_grad()
+def attention_mask_iou(pipe: StableDiffusionPipeline, n: int = 32, seed: int = 0) -> dict[str, float]:
+    """The default masker (the model's own cross-attention) on held-out single-object renders, scored by IoU
+    against the renderer's ground-truth masks. Two baselines: ``mismatched`` pairs each mask with another
+    render's truth; ``constant`` is the IoU of one fixed mask (the mean truth mask, thresholded at 0.5) that
+    knows nothing of the image: the world centres its objects, so a masker must beat it to add information."""
+    from mace_core.masks import attention_masks, mask_iou
+
+    picked, renders = _heldout_renders(n, 1)
+    concepts = [s.subjects[0].name for _, s in picked]
+    pred = attention_masks(pipe, _as_model_input(renders), [object_prompt(c) for c in concepts], concepts,
                            torch.Generator().manual_seed(seed))
     truth = torch.from_numpy(np.stack([r.masks[0] for r in renders])).float()[:, None]
+    constant = (truth.mean(0, keepdim=True) >= 0.5).float().expand_as(truth)
     return {"iou": round(mask_iou(pred, truth).mean().item(), 4),
-            "mismatched": round(mask_iou(pred, truth.roll(1, 0)).mean().item(), 4), "n": len(specs)}
+            "mismatched": round(mask_iou(pred, truth.roll(1, 0)).mean().item(), 4),
+            "constant": round(mask_iou(constant, truth).mean().item(), 4), "n": len(picked)}
+
+
+@torch.no_grad()
+def attention_localisation(pipe: StableDiffusionPipeline, n: int = 32, seed: int = 0) -> dict[str, float]:
+    """Does the concept's attention saliency land on *its* subject? On held-out renders of two different
+    objects, with their own caption, the saliency of each subject's words is compared inside the two
+    subjects' ground-truth masks: ``own_share`` / ``other_share`` are the mean saliency mass inside the
+    named subject / the other one, ``win_rate`` the fraction of maps with more mass on their own subject
+    (0.5 = no localisation)."""
+    from mace_core.masks import attention_saliency
+
+    picked, renders = _heldout_renders(n, 2)
+
+    def phrase(subject, caption: str) -> str | None:  # the words naming the subject in its caption
+        return next((w for w in sorted((subject.name, *OBJECTS[subject.name]), key=len, reverse=True)
+                     if w in caption), None)
+
+    x = _as_model_input(renders)
+    captions = [r["caption"] for r, _ in picked]
+    shares = {"own": [], "other": []}
+    for k in (0, 1):
+        names = [phrase(s.subjects[k], c) for (_, s), c in zip(picked, captions, strict=True)]
+        keep = [i for i, w in enumerate(names) if w]
+        sal = attention_saliency(pipe, x[keep], [captions[i] for i in keep], [names[i] for i in keep],
+                                 torch.Generator().manual_seed(seed))
+        own = torch.from_numpy(np.stack([renders[i].masks[k] for i in keep])).float()[:, None]
+        other = torch.from_numpy(np.stack([renders[i].masks[1 - k] for i in keep])).float()[:, None]
+        total = sal.flatten(1).sum(1).clamp_min(1e-12)
+        shares["own"].append((sal * own).flatten(1).sum(1) / total)
+        shares["other"].append((sal * other).flatten(1).sum(1) / total)
+    own, other = torch.cat(shares["own"]), torch.cat(shares["other"])
+    return {"win_rate": round((own > other).float().mean().item(), 4), "own_share": round(own.mean().item(), 4),
+            "other_share": round(other.mean().item(), 4), "maps": len(own)}
 
 
 def write_report(result: dict, out_dir: Path) -> None:
