@@ -96,15 +96,18 @@ def test_clip_matches_renders_to_their_own_captions(heldout_single):
     assert acc > 0.2, acc
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped UNet (2,735 steps) does not localise objects in its "
-                   "cross-attention yet: IoU 0.16 vs 0.17 for mismatched pairs (miniworld/weights/README.md)")
+@pytest.mark.xfail(strict=True, reason="the shipped UNet does not localise objects in its cross-attention: "
+                   "IoU below a constant mask, own-subject win rate at chance (miniworld/weights/README.md)")
 def test_attention_masks_follow_the_rendered_subject(pipe):
-    """The default masker (the model's own cross-attention) scored against the renderer's ground truth."""
-    from miniworld.quality import attention_mask_iou
+    """The default masker (the model's own cross-attention) scored against the renderer's ground truth: it must
+    beat mismatched pairs and a constant mask on single objects, and find the named one of two objects."""
+    from miniworld.quality import attention_localisation, attention_mask_iou
 
-    m = attention_mask_iou(pipe, n=32)
-    print(f"attention-mask IoU vs renderer truth: {m}")
-    assert m["iou"] > m["mismatched"] + 0.05 and m["iou"] > 0.25
+    m, two = attention_mask_iou(pipe, n=32), attention_localisation(pipe, n=16)
+    print(f"attention-mask IoU vs renderer truth: {m}; two objects: {two}")
+    assert m["iou"] > m["mismatched"] + 0.05 and m["iou"] > m["constant"]
+    assert two["win_rate"] > 0.75
+
 
 def test_prompted_objects_are_recognised_above_chance(pipe):
     """Quick check of the shipped model: 2 seeds x 10 classes, classifier top-1 at least twice chance (10 %)."""
