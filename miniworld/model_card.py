@@ -130,6 +130,8 @@ def main() -> None:
                          f"the 10 before (`logs/unet_loss.csv`): "
                          f"{'still falling' if trend[1] < trend[0] else 'no longer falling'}.")
         lines.append("")
+    lines.append("What was tried to reach the targets, and what the model still gets wrong: "
+                 "[logs/attempts.md](logs/attempts.md).\n")
     (WEIGHTS_DIR / "README.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {WEIGHTS_DIR / 'README.md'}")
 
