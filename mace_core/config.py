@@ -196,6 +196,11 @@ class MaceConfig(_Section):
         both = sorted(c.name for c in self.evaluation.kept if c.key in seen)
         if both:
             raise ValueError(f"evaluation.kept lists erased concept(s) {both}: keep only concepts not erased")
+        erased_words = {" ".join(w.lower().split()) for c in self.concepts for w in (c.name, *c.synonyms)}
+        clash = sorted(r for r in self.prior.retain if " ".join(r.lower().split()) in erased_words)
+        if clash:
+            raise ValueError(f"prior.retain lists {clash}, also erased (a concept or synonym): the domain prior "
+                             "would preserve what CFR removes; drop them from prior.retain")
         needs_prior = self.cfr.lam == 0 and self.cfr.prior_weight == 0
         if needs_prior:
             raise ValueError(

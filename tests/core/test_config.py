@@ -46,6 +46,14 @@ def test_duplicate_and_empty_concepts():
         Concept(name="  ", type="object", mapping="forest")
 
 
+def test_retain_list_must_not_hold_an_erased_concept_or_synonym():
+    kitty = {**CAT, "synonyms": ["kitty"]}
+    for retained in ("Cat", " KITTY "):
+        with pytest.raises(ValidationError, match=r"prior.retain lists .* also erased"):
+            MaceConfig(concepts=[kitty], prior={"retain": ["dog", retained]}, **OK)
+    assert MaceConfig(concepts=[kitty], prior={"retain": ["dog", "a cat on a mat"]}, **OK).prior.retain[0] == "dog"
+
+
 def test_concept_equal_to_mapping_and_unknown_type():
     with pytest.raises(ValidationError, match="maps to itself"):
         Concept(name="Cat", type="object", mapping="cat")
