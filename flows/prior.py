@@ -33,14 +33,15 @@ def prior(cfg: MaceConfig) -> tuple[st.ArtifactRef | None, st.ArtifactRef | None
     n = load_count(open_store(root), captions)
     # 3. one Gram per shard (resumable), then P = their sum in shard order
     n_shards = math.ceil(n / cfg.prior.shard_size)
-    shards = [with_retries(prior_shard_task, ex.retries, ex.retry_delay_s).submit(captions, i, cfg.prior, m, text_digest, root,
-                                                           ex.lora_concurrency) for i in range(n_shards)]
+    shard_task = with_retries(prior_shard_task, ex.retries, ex.retry_delay_s)
+    shards = [shard_task.submit(captions, i, cfg.prior, m, text_digest, root, ex.lora_concurrency)
+              for i in range(n_shards)]
     settle(shards)
     P = with_retries(prior_merge_task, ex.retries, ex.retry_delay_s)(shards, root)
     log.info("prior: %d captions in %d shards", n, n_shards)
     # 4. domain prior D from the retain list (only when something weights it)
     D = None
     if needs_domain(cfg):
-        D = with_retries(domain_prior_task, ex.retries, ex.retry_delay_s)(cfg.prior, dominant_type(cfg.concepts), m, text_digest, root,
-                                                   ex.lora_concurrency)
+        domain_task = with_retries(domain_prior_task, ex.retries, ex.retry_delay_s)
+        D = domain_task(cfg.prior, dominant_type(cfg.concepts), m, text_digest, root, ex.lora_concurrency)
     return P, D
