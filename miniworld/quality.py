@@ -23,6 +23,7 @@ from diffusers import StableDiffusionPipeline
 from miniworld.classifier import MiniworldClassifier, load_classifier
 from miniworld.paths import PIPELINE_DIR
 from miniworld.prompts import identity_prompt, object_prompt, style_prompt
+from miniworld.training import to_float
 from miniworld.world import IDENTITIES, OBJECT_CLASSES, OBJECTS, STYLES
 
 DEFAULT_STEPS = 20
@@ -142,8 +143,14 @@ def _heldout_renders(n: int, subjects: int) -> tuple[list, list]:
     return picked, [render(s) for _, s in picked]
 
 
-def _as_model_input(renders: list) -> torch.Tensor:
-    return torch.from_numpy(np.stack([r.image for r in renders])).permute(0, 3, 1, 2).float() / 127.5 - 1
+def _images(renders: list) -> torch.Tensor:
+    """The renders as model input: float[N, 3, H, W] in [-1, 1]."""
+    return to_float(torch.from_numpy(np.stack([r.image for r in renders])))
+
+
+def _masks(renders: list, subject: int) -> torch.Tensor:
+    """Ground-truth masks of each render's ``subject``-th subject: float[N, 1, H, W] in {0, 1}."""
+    return torch.from_numpy(np.stack([r.masks[subject] for r in renders])).float()[:, None]
 
 
 @torch.no_grad()
@@ -156,9 +163,9 @@ def attention_mask_iou(pipe: StableDiffusionPipeline, n: int = 32, seed: int = 0
 
     picked, renders = _heldout_renders(n, 1)
     concepts = [s.subjects[0].name for _, s in picked]
-    pred = attention_masks(pipe, _as_model_input(renders), [object_prompt(c) for c in concepts], concepts,
+    pred = attention_masks(pipe, _images(renders), [object_prompt(c) for c in concepts], concepts,
                            torch.Generator().manual_seed(seed))
-    truth = torch.from_numpy(np.stack([r.masks[0] for r in renders])).float()[:, None]
+    truth = _masks(renders, 0)
     constant = (truth.mean(0, keepdim=True) >= 0.5).float().expand_as(truth)
     return {"iou": round(mask_iou(pred, truth).mean().item(), 4),
             "mismatched": round(mask_iou(pred, truth.roll(1, 0)).mean().item(), 4),
@@ -180,7 +187,7 @@ def attention_localisation(pipe: StableDiffusionPipeline, n: int = 32, seed: int
         return next((w for w in sorted((subject.name, *OBJECTS[subject.name]), key=len, reverse=True)
                      if w in caption), None)
 
-    x = _as_model_input(renders)
+    x = _images(renders)
     captions = [r["caption"] for r, _ in picked]
     shares = {"own": [], "other": []}
     for k in (0, 1):
@@ -188,8 +195,8 @@ def attention_localisation(pipe: StableDiffusionPipeline, n: int = 32, seed: int
         keep = [i for i, w in enumerate(names) if w]
         sal = attention_saliency(pipe, x[keep], [captions[i] for i in keep], [names[i] for i in keep],
                                  torch.Generator().manual_seed(seed))
-        own = torch.from_numpy(np.stack([renders[i].masks[k] for i in keep])).float()[:, None]
-        other = torch.from_numpy(np.stack([renders[i].masks[1 - k] for i in keep])).float()[:, None]
+        kept = [renders[i] for i in keep]
+        own, other = _masks(kept, k), _masks(kept, 1 - k)
         total = sal.flatten(1).sum(1).clamp_min(1e-12)
         shares["own"].append((sal * own).flatten(1).sum(1) / total)
         shares["other"].append((sal * other).flatten(1).sum(1) / total)
