@@ -61,8 +61,12 @@ def _config(model: str, store: str, n: int, name: str = "bench"):
 
 
 def _measure(label: str, fn) -> dict:
+    """Run ``fn`` as the CLI runs a flow (``flows.local.local_run_settings``) and time it."""
+    from flows.local import local_run_settings
+
     t0 = time.perf_counter()
-    report = fn()
+    with local_run_settings():
+        report = fn()
     wall = time.perf_counter() - t0
     row = {
         "run": label, "concepts": len(report.concepts), "wall_s": round(wall, 2),

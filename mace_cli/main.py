@@ -156,8 +156,10 @@ def summary_table(report: Any, wall_s: float) -> Table:
 
 
 def _run_flow(fn: Callable[[], Any], verbose: bool, progress: bool = True) -> Any:
+    from flows.local import local_run_settings
+
     t0 = time.perf_counter()
-    with quiet_prefect(verbose), stage_progress(progress):
+    with quiet_prefect(verbose), stage_progress(progress), local_run_settings():
         report = fn()
     console.print(summary_table(report, time.perf_counter() - t0))
     return report
@@ -237,8 +239,9 @@ def evaluation_tables(report: Any, reference: str | None, model: str) -> list[Ta
 
 def _run_evaluation(ecfg: Any, reference: str | None, verbose: bool) -> Any:
     from flows.evaluate import evaluate as evaluate_flow
+    from flows.local import local_run_settings
 
-    with quiet_prefect(verbose), stage_progress(True):
+    with quiet_prefect(verbose), stage_progress(True), local_run_settings():
         report = evaluate_flow(ecfg, reference_model=reference)
     for table in evaluation_tables(report, reference, ecfg.model):
         console.print(table)
