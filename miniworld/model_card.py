@@ -38,6 +38,24 @@ def copy_logs(logs: Path) -> dict[str, dict]:
     return summaries
 
 
+def append_continuation(logs: Path, workdir: Path, note: str) -> dict:
+    """Extend the shipped UNet logs with a run that continued the shipped weights (``train_unet --init-from``,
+    whose checkpoint was gone): its loss rows follow on in steps and seconds, and the summary adds its steps,
+    wall time and session, so the card reports the whole cost. Returns the new summary."""
+    summary_path, loss_path = logs / "unet_summary.json", logs / "unet_loss.csv"
+    before, extra = json.loads(summary_path.read_text()), json.loads((workdir / "summary.json").read_text())
+    rows = list(csv.DictReader((workdir / "loss.csv").open()))
+    with loss_path.open("a") as f:
+        for r in rows:
+            f.write(f"{int(r['step']) + before['steps']},{float(r['seconds']) + before['wall_seconds']:.1f},{r['loss']}\n")
+    summary = before | {"steps": before["steps"] + extra["steps"],
+                        "wall_seconds": round(before["wall_seconds"] + extra["wall_seconds"], 1),
+                        "sessions": before.get("sessions", 1) + extra.get("sessions", 1),
+                        "planned_steps": before["steps"] + extra["planned_steps"], "continued": note}
+    summary_path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def plot_losses(logs: Path) -> None:
     import matplotlib
 
@@ -68,8 +86,17 @@ def loss_trend(path: Path, window: int = 10) -> tuple[float, float] | None:
 
 
 def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--continuation", type=Path, default=None,
+                   help="workdir of a `train_unet --init-from` run whose weights are now shipped (logged once)")
+    p.add_argument("--note", default="", help="how that run continued training (shown in the card)")
+    args = p.parse_args()
     logs = WEIGHTS_DIR / "logs"
     summaries = copy_logs(logs)
+    if args.continuation is not None:
+        summaries["unet"] = append_continuation(logs, args.continuation, args.note)
     plot_losses(logs)
     quality_path = WEIGHTS_DIR / "quality" / "quality.json"
     quality = json.loads(quality_path.read_text()) if quality_path.exists() else None

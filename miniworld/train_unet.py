@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from miniworld.models import make_scheduler, make_unet
@@ -50,6 +50,9 @@ def main() -> None:
     p.add_argument("--components", type=Path, default=PIPELINE_DIR, help="dir holding vae/, text_encoder/, tokenizer/")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--deadline", type=float, default=None, help="unix time: stop early (and save) when passed")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="pipeline dir whose unet/ starts a fresh run (continue training shipped weights whose "
+                        "checkpoint is gone; pass a new --seed so the batches differ from the first run's)")
     args = p.parse_args()
     run = start(args, "unet")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -70,6 +73,10 @@ def main() -> None:
     sched = warmup_cosine(opt, args.steps, 0.03)
     modules = {"model": unet, "ema": ema, "opt": opt, "sched": sched}
     step0 = run.load(modules)
+    if step0 == 0 and args.init_from is not None:
+        init = UNet2DConditionModel.from_pretrained(str(args.init_from / "unet")).float().state_dict()
+        unet.load_state_dict(init)
+        ema.load_state_dict(init)
     t0 = time.time()
     ema_params, params = list(ema.parameters()), list(unet.parameters())
     done = args.steps
