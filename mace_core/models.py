@@ -70,7 +70,8 @@ def load_pipeline(path: str | os.PathLike, dtype: str = "float32", device: str =
         device: torch device string, e.g. ``"cpu"`` or ``"cuda:0"``.
 
     Returns:
-        the pipeline (e.g. ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``) on ``device``.
+        the pipeline (e.g. ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``) on ``device``, with
+        diffusers' per-call progress bar off.
 
     Raises:
         ValueError: bad path, unknown dtype, or a pipeline without ``unet`` and ``text_encoder``.
@@ -94,6 +95,9 @@ def load_pipeline(path: str | os.PathLike, dtype: str = "float32", device: str =
             f"{source!r} loaded as {type(pipe).__name__}, which has no unet/text_encoder: "
             "pass a UNet text-to-image pipeline (SD 1.x, 2.x or SDXL)"
         )
+    # callers draw their own progress (stage bars, `mace generate`); diffusers' bar per sampling call would
+    # print one line per batch, interleaved across the threads that share a process
+    pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 

@@ -67,3 +67,13 @@ def test_generate_is_seeded_per_image(tiny_pipes, family):
 def test_generate_rejects_mismatched_inputs(tiny_pipes):
     with pytest.raises(ValueError, match="equal length"):
         generate_images(tiny_pipes["sd1"], ["a cat"], [1, 2], steps=1, guidance_scale=1.0, batch_size=1)
+
+
+def test_loaded_pipeline_samples_without_diffusers_progress_bars(tiny_pipes, tmp_path, capfd):
+    """Stage bars and `mace generate` draw progress; diffusers' own bar per call would flood the terminal."""
+    pipe = tiny_pipes["sd1"]
+    out = export_pipeline(pipe, get_projection_weights(pipe.unet), tmp_path / "same")
+    back = load_pipeline(out)
+    capfd.readouterr()
+    generate_images(back, ["a cat"], [0], steps=3, guidance_scale=2.0, batch_size=1)
+    assert "it/s" not in capfd.readouterr().err
