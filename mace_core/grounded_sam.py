@@ -32,6 +32,8 @@ a one-line error naming the fix (``pip install segment-anything-hq``, or a plain
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import io
 import logging
 import pickle
@@ -101,19 +103,40 @@ _BERT_COMPAT: dict[str, Callable[..., Any]] = {
 }
 
 
+def _accept_past_key_values_length(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``BertEmbeddings.forward`` taking GroundingDINO's ``past_key_values_length`` (transformers >= 5.24 calls
+    it ``cache_length``)."""
+
+    @functools.wraps(forward)
+    def wrapper(self: Any, *args: Any, past_key_values_length: int | None = None, **kwargs: Any) -> torch.Tensor:
+        if past_key_values_length is not None:  # GroundingDINO's call; BertModel itself passes cache_length
+            kwargs["cache_length"] = past_key_values_length
+        return forward(self, *args, **kwargs)
+
+    wrapper.mace_compat = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 def install_bert_compat() -> list[str]:
-    """Add the three BertModel helpers removed in transformers 5 (idempotent; existing ones are kept).
+    """Add the BertModel helpers removed in transformers 5, and let ``BertEmbeddings.forward`` take the keyword
+    it renamed in 5.24 (idempotent; what a version still has is kept).
 
     Returns:
         the names added by this call (empty on transformers 4, or when already installed).
     """
     from transformers import BertModel
+    from transformers.models.bert.modeling_bert import BertEmbeddings
 
     added = []
     for name, fn in _BERT_COMPAT.items():
         if not hasattr(BertModel, name):
             setattr(BertModel, name, fn)
             added.append(name)
+    params = inspect.signature(BertEmbeddings.forward).parameters
+    wrapped = getattr(BertEmbeddings.forward, "mace_compat", False)
+    if not wrapped and "past_key_values_length" not in params and "cache_length" in params:
+        BertEmbeddings.forward = _accept_past_key_values_length(BertEmbeddings.forward)
+        added.append("BertEmbeddings.forward(past_key_values_length=)")
     if added:
         logger.debug("installed BertModel compatibility helpers: %s", added)
     return added

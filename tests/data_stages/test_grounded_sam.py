@@ -181,13 +181,20 @@ def test_bad_arguments(gsam):
 
 
 def test_bert_compat_is_idempotent_and_keeps_existing(monkeypatch):
+    import inspect
+
     from transformers import BertModel
+    from transformers.models.bert.modeling_bert import BertEmbeddings
 
     for name in ("get_extended_attention_mask", "invert_attention_mask", "get_head_mask"):
         monkeypatch.delattr(BertModel, name, raising=False)
     sentinel = lambda self, head_mask, n, chunked=False: "mine"  # noqa: E731
     monkeypatch.setattr(BertModel, "get_head_mask", sentinel, raising=False)
-    assert gs.install_bert_compat() == ["get_extended_attention_mask", "invert_attention_mask"]
+    forward = inspect.unwrap(BertEmbeddings.forward)  # this transformers' own forward
+    monkeypatch.setattr(BertEmbeddings, "forward", forward)
+    renamed = "cache_length" in inspect.signature(forward).parameters  # transformers >= 5.24
+    assert gs.install_bert_compat() == ["get_extended_attention_mask", "invert_attention_mask"] + (
+        ["BertEmbeddings.forward(past_key_values_length=)"] if renamed else [])
     assert gs.install_bert_compat() == []
     assert BertModel.get_head_mask is sentinel
 
