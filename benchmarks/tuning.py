@@ -4,7 +4,8 @@
     python -m benchmarks.tuning --variant '{"cfr": {"lam": 1000}}' --seeds 4
 
 Each variant is a partial config (sections merged over ``configs/miniworld-objects.yaml``); each row erases
-airplane, automobile, bird, cat and deer, keeps dog, frog, horse, ship and truck, and is evaluated like the
+airplane, automobile, bird, cat and deer, keeps dog, frog, horse, ship and truck (the last variant also retains
+them, as the quick start does), and is evaluated like the
 quality benchmark's ablation suite (same store, so LoRAs and evaluation images are shared). Writes
 ``benchmarks/results/tuning.json`` and ``tuning.md``.
 """
@@ -28,6 +29,10 @@ DEFAULT_VARIANTS: tuple[dict, ...] = (
     {"cfr": {"lam": 1000.0}},
     {"cfr": {"lam": 1000.0}, "fusion": {"lam": 1000.0}},
     {"cfr": {"prior_weight": 0.001}, "fusion": {"prior_weight": 0.001}},
+    # the quick start's setting: retain the kept classes (domain prior) plus a light 10k-caption general prior
+    {"prior": {"max_captions": 10000, "retain": list(OBJECT_CLASSES[5:])},
+     "cfr": {"prior_weight": 0.0002, "domain_weight": 250.0},
+     "fusion": {"prior_weight": 0.0002, "domain_weight": 250.0}},
 )
 
 
