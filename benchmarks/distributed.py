@@ -134,7 +134,7 @@ def main() -> None:
                 print(json.dumps(results[-1]["remote"]["mean_s"]), flush=True)
     finally:
         for p in procs:
-            ops.kill_tree(p.pid, sig=15)
+            ops.stop_tree(p)
         srv.stop()
     setup = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
              "model": "tiny random SD1 (tests/tiny_sd), lora.steps=2", "workers": f"{args.workers} process workers, "

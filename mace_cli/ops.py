@@ -301,13 +301,8 @@ class LocalServer:
         return temporary_settings(updates={PREFECT_API_URL: self.url, PREFECT_API_AUTH_STRING: self._auth})
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            kill_tree(self.proc.pid, sig=15)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                kill_tree(self.proc.pid)
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_tree(self.proc)
         self.proc = None
 
 
@@ -336,6 +331,19 @@ def kill_tree(pid: int, sig: int = 9) -> None:
             os.kill(p, sig)
         except ProcessLookupError:
             pass
+
+
+def stop_tree(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGTERM ``proc`` and its descendants, then SIGKILL what is left after ``grace_s`` (a Prefect worker
+    can take longer than that to exit on SIGTERM on a loaded machine)."""
+    if proc.poll() is not None:
+        return
+    kill_tree(proc.pid, sig=15)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        proc.wait(timeout=10)
 
 
 def start_worker(server_env: dict[str, str], pool: str, name: str, log_dir: Path, limit: int = 1,

@@ -38,12 +38,7 @@ def cluster(server, tmp_path_factory):
              for n in WORKERS}
     yield procs, logs
     for p in procs.values():
-        if p.poll() is None:
-            ops.kill_tree(p.pid, sig=15)
-            try:
-                p.wait(timeout=15)
-            except Exception:  # noqa: BLE001
-                ops.kill_tree(p.pid)
+        ops.stop_tree(p, grace_s=15)
 
 
 def lora_runs(since: float | None = None):

@@ -67,6 +67,4 @@ def test_authenticated_worker_registers_and_unauthenticated_one_does_not(server,
         assert "mace:wrong" not in log and server.env["PREFECT_API_AUTH_STRING"] not in log  # never logged
     finally:
         for p in (good, bad):
-            if p.poll() is None:
-                ops.kill_tree(p.pid, sig=15)
-                p.wait(timeout=30)
+            ops.stop_tree(p, grace_s=30)
