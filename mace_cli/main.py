@@ -155,11 +155,18 @@ def summary_table(report: Any, wall_s: float) -> Table:
     return table
 
 
-def _run_flow(fn: Callable[[], Any], verbose: bool, progress: bool = True) -> Any:
+@contextlib.contextmanager
+def running_flow(verbose: bool, progress: bool = True) -> Iterator[None]:
+    """How every command runs a flow: Prefect's console muted, stage bars drawn, local-run settings."""
     from flows.local import local_run_settings
 
-    t0 = time.perf_counter()
     with quiet_prefect(verbose), stage_progress(progress), local_run_settings():
+        yield
+
+
+def _run_flow(fn: Callable[[], Any], verbose: bool, progress: bool = True) -> Any:
+    t0 = time.perf_counter()
+    with running_flow(verbose, progress):
         report = fn()
     console.print(summary_table(report, time.perf_counter() - t0))
     return report
@@ -239,9 +246,8 @@ def evaluation_tables(report: Any, reference: str | None, model: str) -> list[Ta
 
 def _run_evaluation(ecfg: Any, reference: str | None, verbose: bool) -> Any:
     from flows.evaluate import evaluate as evaluate_flow
-    from flows.local import local_run_settings
 
-    with quiet_prefect(verbose), stage_progress(True), local_run_settings():
+    with running_flow(verbose):
         report = evaluate_flow(ecfg, reference_model=reference)
     for table in evaluation_tables(report, reference, ecfg.model):
         console.print(table)
@@ -349,7 +355,7 @@ def prior(
 
     model_dir(cfg.model.path)
     caption_path(cfg.prior.captions)
-    with quiet_prefect(verbose), stage_progress():
+    with running_flow(verbose):
         P, D = prior_flow(cfg)
     console.print(f"prior: {P.id}" + (f"\ndomain prior: {D.id}" if D is not None else ""))
 
