@@ -8,19 +8,30 @@ weighting, EMA weights shipped. Writes the full StableDiffusionPipeline to --out
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from miniworld.models import make_scheduler, make_unet
-from miniworld.paths import PIPELINE_DIR
+from miniworld.paths import PIPELINE_DIR, TRAIN_DIR
 from miniworld.tokenizer import load_tokenizer
 from miniworld.train_clip import tokenize
-from miniworld.training import warmup_cosine, corpus_images, finish, parser, start, to_float
+from miniworld.training import (
+    corpus_images,
+    finish,
+    mix_weights,
+    parse_mix,
+    parser,
+    start,
+    to_float,
+    warmup_cosine,
+)
 
 P_UNCOND = 0.1
 SNR_GAMMA = 5.0
@@ -44,6 +55,32 @@ def encode_contexts(text_encoder: CLIPTextModel, ids: torch.Tensor, device: str)
     return torch.cat(out)
 
 
+def caption_contexts(
+    text_encoder: CLIPTextModel, tokenizer, captions: list[str], cache_dir: Path, device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contexts of the distinct captions (float16[U, 77, d]) and each row's index into them (long[N]).
+
+    The corpus repeats captions (200k rows, ~109k distinct), so only distinct ones are encoded. The result is
+    cached on disk under a key of the text encoder's weights and the captions, so that a resumed or continued
+    run skips the encoding (minutes on a CPU); a changed encoder or corpus gets a new key.
+    """
+    distinct = sorted(set(captions))
+    position = {c: i for i, c in enumerate(distinct)}
+    inverse = torch.tensor([position[c] for c in captions])
+    key = hashlib.sha256("\n".join(distinct).encode())
+    for name, tensor in sorted(text_encoder.state_dict().items()):
+        key.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
+    cache = cache_dir / f"contexts_{key.hexdigest()[:16]}.npy"
+    if cache.exists():
+        return torch.from_numpy(np.load(cache)), inverse
+    contexts = encode_contexts(text_encoder, tokenize(tokenizer, distinct), device)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, contexts.cpu().numpy())
+    tmp.replace(cache)
+    return contexts, inverse
+
+
 def main() -> None:
     """Train, checkpointing and logging; save the pipeline."""
     p = parser(__doc__, PIPELINE_DIR, steps=15000, batch_size=64, lr=5e-4)
@@ -53,6 +90,9 @@ def main() -> None:
     p.add_argument("--init-from", type=Path, default=None,
                    help="pipeline dir whose unet/ starts a fresh run (continue training shipped weights whose "
                         "checkpoint is gone; pass a new --seed so the batches differ from the first run's)")
+    p.add_argument("--mix", type=parse_mix, default=None,
+                   help="share of each row group in every batch, e.g. identity=0.5,object=0.3,styled=0.1,pair=0.1 "
+                        "(default: uniform over the corpus rows)")
     args = p.parse_args()
     run = start(args, "unet")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -63,7 +103,9 @@ def main() -> None:
     text_encoder = CLIPTextModel.from_pretrained(str(args.components / "text_encoder")).to(dev).eval()
     tokenizer = load_tokenizer(args.components / "tokenizer")
     mean, std = encode_latents(vae, torch.from_numpy(images), dev)
-    contexts = encode_contexts(text_encoder, tokenize(tokenizer, [r["caption"] for r in rows]), dev)
+    contexts, row_context = caption_contexts(text_encoder, tokenizer, [r["caption"] for r in rows], TRAIN_DIR, dev)
+    contexts, row_context = contexts.to(dev), row_context.to(dev)
+    weights = mix_weights(rows, args.mix) if args.mix is not None else None
     empty = encode_contexts(text_encoder, tokenize(tokenizer, [""]), dev)
     scheduler = make_scheduler()
     alphas = scheduler.alphas_cumprod.to(dev)
@@ -85,12 +127,12 @@ def main() -> None:
             run.save(step, modules)
             done = step
             break
-        idx = run.batch_indices(step, len(mean), args.batch_size).to(dev)
+        idx = run.batch_indices(step, len(mean), args.batch_size, weights).to(dev)
         g = run.step_generator(step, dev)
         b = len(idx)
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g, device=dev)) * vae.config.scaling_factor
         drop = torch.rand(b, generator=g, device=dev) < P_UNCOND
-        context = torch.where(drop[:, None, None], empty, contexts[idx]).float()
+        context = torch.where(drop[:, None, None], empty, contexts[row_context[idx]]).float()
         t = torch.randint(0, len(alphas), (b,), generator=g, device=dev)
         noise = torch.randn(z0.shape, generator=g, device=dev)
         a = alphas[t].view(b, 1, 1, 1)
@@ -123,7 +165,10 @@ def main() -> None:
     )
     pipe.save_pretrained(str(args.out))
     ema.half().save_pretrained(str(args.out / "unet"))  # float16 on disk; loads as float32
-    finish(run, args.out, done, t0, {"batch_size": args.batch_size, "planned_steps": args.steps})
+    extra = {"batch_size": args.batch_size, "planned_steps": args.steps}
+    if args.mix is not None:
+        extra["mix"] = ",".join(f"{k}={v}" for k, v in args.mix.items())
+    finish(run, args.out, done, t0, extra)
 
 
 if __name__ == "__main__":

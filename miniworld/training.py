@@ -47,10 +47,13 @@ class Run:
     seed: int
     resumed_at: int = 0  # the step a checkpoint restored (0: a fresh run)
 
-    def batch_indices(self, step: int, n: int, batch_size: int) -> torch.Tensor:
-        """The (deterministic) sample indices of ``step``."""
+    def batch_indices(self, step: int, n: int, batch_size: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The (deterministic) sample indices of ``step``: uniform over ``n`` rows, or drawn with replacement
+        in proportion to ``weights`` (float[n]) when given."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        return torch.randint(0, n, (batch_size,), generator=g)
+        if weights is None:
+            return torch.randint(0, n, (batch_size,), generator=g)
+        return torch.multinomial(weights, batch_size, replacement=True, generator=g)
 
     def step_generator(self, step: int, device: str) -> torch.Generator:
         """A generator for the noise of ``step`` (deterministic, resumable)."""
@@ -141,6 +144,48 @@ def corpus_labels(rows: list[dict], heads: tuple[str, ...]) -> dict[str, torch.T
         for h in heads:
             out[h].append(lab[h] if len(spec.subjects) == 1 else -100)
     return {h: torch.tensor(v) for h, v in out.items()}
+
+
+ROW_GROUPS = ("identity", "object", "styled", "pair")
+
+
+def row_group(row: dict) -> str:
+    """A corpus row's group for the sampling mix: one identity, one plain object, one styled object, or two
+    subjects."""
+    subjects = json.loads(row["subjects"])
+    if len(subjects) > 1:
+        return "pair"
+    if subjects[0][0] == "identity":
+        return "identity"
+    return "styled" if row["style"] is not None else "object"
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"identity=0.5,object=0.3,..."`` -> {group: share}; every group of ROW_GROUPS named, shares > 0."""
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in ROW_GROUPS:
+            raise ValueError(f"--mix: unknown group {name!r}; use {', '.join(ROW_GROUPS)}")
+        try:
+            mix[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--mix: {part!r} is not group=number") from None
+        if mix[name] <= 0:
+            raise ValueError(f"--mix: the share of {name!r} must be > 0")
+    missing = set(ROW_GROUPS) - set(mix)
+    if missing:
+        raise ValueError(f"--mix: give a share for every group; missing {', '.join(sorted(missing))}")
+    return mix
+
+
+def mix_weights(rows: list[dict], mix: dict[str, float]) -> torch.Tensor:
+    """Per-row sampling weights (float[N], summing to 1) giving each group its share of every batch."""
+    groups = [row_group(r) for r in rows]
+    counts = {g: groups.count(g) for g in ROW_GROUPS}
+    total = sum(mix.values())
+    return torch.tensor([mix[g] / total / counts[g] for g in groups], dtype=torch.float64)
 
 
 def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:

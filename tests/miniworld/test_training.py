@@ -1,0 +1,93 @@
+"""Training plumbing: the batch mix and the cached caption contexts of the UNet run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from miniworld.training import ROW_GROUPS, Run, mix_weights, parse_mix, row_group
+
+
+def _row(subjects: list, style: str | None = None) -> dict:
+    return {"subjects": json.dumps(subjects), "style": style}
+
+
+ROWS = (
+    [_row([["identity", "Fargo Dunmore", None]])] * 30
+    + [_row([["object", "dog", "red"]])] * 50
+    + [_row([["object", "cat", "blue"]], "Liora Vantablack")] * 15
+    + [_row([["object", "dog", "red"], ["object", "cat", "blue"]])] * 5
+)
+
+
+def test_rows_fall_into_the_four_groups():
+    assert [row_group(r) for r in (ROWS[0], ROWS[30], ROWS[80], ROWS[95])] == list(ROW_GROUPS)
+
+
+def test_mix_weights_give_each_group_its_share():
+    mix = parse_mix("identity=0.4,object=0.2,styled=0.2,pair=0.2")
+    w = mix_weights(ROWS, mix)
+    assert float(w.sum()) == pytest.approx(1.0)
+    share = {g: float(sum(wi for wi, r in zip(w, ROWS) if row_group(r) == g)) for g in ROW_GROUPS}
+    assert share == pytest.approx(mix)
+    # within a group every row is equally likely
+    assert len(set(w[:30].tolist())) == 1
+
+
+def test_weighted_batches_are_deterministic_and_follow_the_mix():
+    run = Run(workdir=None, seed=3)
+    w = mix_weights(ROWS, parse_mix("identity=0.7,object=0.1,styled=0.1,pair=0.1"))
+    a, b = run.batch_indices(5, len(ROWS), 4000, w), run.batch_indices(5, len(ROWS), 4000, w)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, run.batch_indices(6, len(ROWS), 4000, w))
+    identity_share = float((a < 30).float().mean())
+    assert identity_share == pytest.approx(0.7, abs=0.03)  # uniform sampling would give 0.3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("identity=0.5,object=0.5", "missing pair, styled"),
+        ("identity=0.5,object=0.3,styled=0.1,pairs=0.1", "unknown group 'pairs'"),
+        ("identity=x,object=0.3,styled=0.1,pair=0.1", "not group=number"),
+        ("identity=0,object=0.3,styled=0.1,pair=0.1", "must be > 0"),
+    ],
+)
+def test_bad_mix_is_refused_with_the_reason(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_mix(text)
+
+
+def test_caption_contexts_encode_distinct_captions_once_and_cache_them(tmp_path, monkeypatch):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    import miniworld.train_unet as train_unet
+    from miniworld.tokenizer import load_tokenizer
+    from miniworld.paths import PIPELINE_DIR
+
+    tokenizer = load_tokenizer(PIPELINE_DIR / "tokenizer")
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=77,
+                            bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
+                            pad_token_id=len(tokenizer) - 1)
+    encoder = CLIPTextModel(config).eval()
+    captions = ["a red dog", "Fargo Dunmore", "a red dog", "a cat", "Fargo Dunmore"]
+    calls = []
+    real = train_unet.encode_contexts
+    monkeypatch.setattr(train_unet, "encode_contexts", lambda enc, ids, dev: calls.append(len(ids)) or real(enc, ids, dev))
+
+    contexts, inverse = train_unet.caption_contexts(encoder, tokenizer, captions, tmp_path, "cpu")
+    assert calls == [3]  # three distinct captions
+    direct = real(encoder, train_unet.tokenize(tokenizer, captions), "cpu")
+    assert torch.equal(contexts[inverse], direct)
+
+    again, inverse2 = train_unet.caption_contexts(encoder, tokenizer, captions, tmp_path, "cpu")
+    assert calls == [3] and torch.equal(again, contexts) and torch.equal(inverse2, inverse)  # read from the cache
+
+    with torch.no_grad():  # a changed encoder must not reuse the cache
+        encoder.get_input_embeddings().weight.add_(1.0)
+    changed, _ = train_unet.caption_contexts(encoder, tokenizer, captions, tmp_path, "cpu")
+    assert calls == [3, 3] and not torch.equal(changed, contexts)
