@@ -138,6 +138,10 @@ def main() -> None:
                   "| figure | measured | target | met |", "|---|---|---|---|"]
         for k, target in TARGETS.items():
             lines.append(f"| {k} | {f[k]:.3f} | >= {target} | {'yes' if f[k] >= target else '**no**'} |")
+        if "identity_shape_match" in f:
+            lines.append("| identity: emblem shape / foreground / background as prompted | "
+                         f"{f['identity_shape_match']:.3f} / {f['identity_fg_match']:.3f} / {f['identity_bg_match']:.3f} "
+                         "| (diagnostic) | |")
         s8 = f["seconds_for_8_images"]
         lines.append(f"| seconds for 8 images | {s8} | <= 3 | {'yes' if s8 <= 3 else '**no**'} |")
         iou, iou_mis = f["attention_mask_iou"], f["attention_mask_iou_mismatched"]

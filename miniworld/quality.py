@@ -24,7 +24,7 @@ from miniworld.classifier import MiniworldClassifier, load_classifier
 from miniworld.paths import PIPELINE_DIR
 from miniworld.prompts import identity_prompt, object_prompt, style_prompt
 from miniworld.training import to_float
-from miniworld.world import IDENTITIES, OBJECT_CLASSES, OBJECTS, STYLES
+from miniworld.world import EMBLEM_SPECS, IDENTITIES, OBJECT_CLASSES, OBJECTS, STYLES
 
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 5.0
@@ -70,6 +70,17 @@ def top1(classifier: MiniworldClassifier, images: torch.Tensor, head: str, expec
     return float((pred == target).float().mean())
 
 
+def emblem_factor_match(classifier: MiniworldClassifier, images: torch.Tensor, expected: list[str], seeds: int) -> dict[str, float]:
+    """Share of identity images whose predicted identity's emblem has the prompted shape, foreground and
+    background colour (an emblem is shape x fg x bg): says which factor a wrong identity gets wrong."""
+    labels = classifier.labels["identity"]
+    predicted = [labels[int(i)] for i in classifier.predict(images)["identity"]]
+    wanted = [EMBLEM_SPECS[e] for e in expected for _ in range(seeds)]
+    got = [EMBLEM_SPECS.get(p) for p in predicted]  # None for "none"
+    return {f"identity_{factor}_match": round(sum(g is not None and g[i] == w[i] for g, w in zip(got, wanted)) / len(wanted), 4)
+            for i, factor in enumerate(("shape", "fg", "bg"))}
+
+
 def time_eight(pipe: StableDiffusionPipeline, steps: int, guidance: float) -> float:
     """Median seconds of one call generating 8 images of one prompt (after a warm-up call)."""
     times = []
@@ -108,6 +119,8 @@ def measure_quality(
         t0 = time.perf_counter()
         images = generate(pipe, prompts, seeds, steps, guidance)
         figures[f"{name}_top1"] = round(top1(clf, images, head, expected, seeds), 4)
+        if name == "identity":
+            figures |= emblem_factor_match(clf, images, expected, seeds)
         log.info("%s: top-1 %.4f (%d images, %.1f s)", name, figures[f"{name}_top1"], len(images), time.perf_counter() - t0)
     figures["seconds_for_8_images"] = round(time_eight(pipe, steps, guidance), 3)
     masks, local = attention_mask_iou(pipe), attention_localisation(pipe)

@@ -91,3 +91,29 @@ def test_caption_contexts_encode_distinct_captions_once_and_cache_them(tmp_path,
         encoder.get_input_embeddings().weight.add_(1.0)
     changed, _ = train_unet.caption_contexts(encoder, tokenizer, captions, tmp_path, "cpu")
     assert calls == [3, 3] and not torch.equal(changed, contexts)
+
+
+def test_emblem_factor_match_names_the_factor_a_wrong_identity_gets_wrong():
+    from miniworld.classifier import load_classifier
+    from miniworld.quality import emblem_factor_match
+    from miniworld.render import SceneSpec, Subject, render
+    from miniworld.training import to_float
+    from miniworld.world import EMBLEM_SPECS, IDENTITIES, SCENES
+
+    names = list(IDENTITIES[:12])
+    by_spec = {spec: n for n, spec in EMBLEM_SPECS.items()}
+    # for each name, the identity whose emblem differs only in its foreground colour
+    other_fg = [next(by_spec[(s, fg, b)] for fg in ("gold", "scarlet", "cyan", "lime", "magenta") if fg != f)
+                for s, f, b in (EMBLEM_SPECS[n] for n in names)]
+    seeds = 2
+    images = torch.stack([
+        to_float(torch.tensor(render(SceneSpec((Subject("identity", n, None),), SCENES[k % len(SCENES)], None, k))
+                              .image)[None])[0]
+        for n in names for k in range(seeds)
+    ])
+    clf = load_classifier()
+    right = emblem_factor_match(clf, images, names, seeds)
+    assert min(right.values()) >= 0.9
+    wrong_fg = emblem_factor_match(clf, images, other_fg, seeds)
+    assert wrong_fg["identity_shape_match"] >= 0.9 and wrong_fg["identity_bg_match"] >= 0.9
+    assert wrong_fg["identity_fg_match"] <= 0.1
