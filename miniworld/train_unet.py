@@ -10,12 +10,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
 from miniworld.models import make_scheduler, make_unet
@@ -55,30 +57,55 @@ def encode_contexts(text_encoder: CLIPTextModel, ids: torch.Tensor, device: str)
     return torch.cat(out)
 
 
+def content_key(model: torch.nn.Module, data: bytes) -> str:
+    """A short key of a frozen model's weights and the data it encodes, naming an on-disk cache of the result:
+    a changed model or corpus gets a new key."""
+    key = hashlib.sha256(data)
+    for name, tensor in sorted(model.state_dict().items()):
+        key.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
+    return key.hexdigest()[:16]
+
+
+def cached(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The tensors stored at ``path`` (safetensors), computing and writing them atomically first if absent.
+
+    The encodings of the frozen VAE and text encoder take minutes on a CPU; caching them lets a resumed or
+    continued run start training at once."""
+    if path.exists():
+        return load_file(path)
+    tensors = {k: v.contiguous().cpu() for k, v in compute().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, tmp)
+    tmp.replace(path)
+    return tensors
+
+
+def corpus_latents(vae: AutoencoderKL, images: np.ndarray, cache_dir: Path, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`encode_latents` of the corpus images, cached under a key of the VAE and the images."""
+    path = cache_dir / f"latents_{content_key(vae, images.tobytes())}.safetensors"
+
+    def compute() -> dict[str, torch.Tensor]:
+        mean, std = encode_latents(vae, torch.from_numpy(images), device)
+        return {"mean": mean, "std": std}
+
+    out = cached(path, compute)
+    return out["mean"], out["std"]
+
+
 def caption_contexts(
     text_encoder: CLIPTextModel, tokenizer, captions: list[str], cache_dir: Path, device: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Contexts of the distinct captions (float16[U, 77, d]) and each row's index into them (long[N]).
 
-    The corpus repeats captions (200k rows, ~109k distinct), so only distinct ones are encoded. The result is
-    cached on disk under a key of the text encoder's weights and the captions, so that a resumed or continued
-    run skips the encoding (minutes on a CPU); a changed encoder or corpus gets a new key.
-    """
+    The corpus repeats captions (200k rows, ~109k distinct), so only distinct ones are encoded, and the result
+    is cached under a key of the text encoder and the captions."""
     distinct = sorted(set(captions))
     position = {c: i for i, c in enumerate(distinct)}
     inverse = torch.tensor([position[c] for c in captions])
-    key = hashlib.sha256("\n".join(distinct).encode())
-    for name, tensor in sorted(text_encoder.state_dict().items()):
-        key.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
-    cache = cache_dir / f"contexts_{key.hexdigest()[:16]}.npy"
-    if cache.exists():
-        return torch.from_numpy(np.load(cache)), inverse
-    contexts = encode_contexts(text_encoder, tokenize(tokenizer, distinct), device)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, contexts.cpu().numpy())
-    tmp.replace(cache)
-    return contexts, inverse
+    path = cache_dir / f"contexts_{content_key(text_encoder, chr(10).join(distinct).encode())}.safetensors"
+    out = cached(path, lambda: {"contexts": encode_contexts(text_encoder, tokenize(tokenizer, distinct), device)})
+    return out["contexts"], inverse
 
 
 def main() -> None:
@@ -102,7 +129,7 @@ def main() -> None:
     vae = AutoencoderKL.from_pretrained(str(args.components / "vae")).to(dev).eval()
     text_encoder = CLIPTextModel.from_pretrained(str(args.components / "text_encoder")).to(dev).eval()
     tokenizer = load_tokenizer(args.components / "tokenizer")
-    mean, std = encode_latents(vae, torch.from_numpy(images), dev)
+    mean, std = (x.to(dev) for x in corpus_latents(vae, images, TRAIN_DIR, dev))
     contexts, row_context = caption_contexts(text_encoder, tokenizer, [r["caption"] for r in rows], TRAIN_DIR, dev)
     contexts, row_context = contexts.to(dev), row_context.to(dev)
     weights = mix_weights(rows, args.mix) if args.mix is not None else None

@@ -117,3 +117,26 @@ def test_emblem_factor_match_names_the_factor_a_wrong_identity_gets_wrong():
     wrong_fg = emblem_factor_match(clf, images, other_fg, seeds)
     assert wrong_fg["identity_shape_match"] >= 0.9 and wrong_fg["identity_bg_match"] >= 0.9
     assert wrong_fg["identity_fg_match"] <= 0.1
+
+
+def test_corpus_latents_equal_a_direct_encoding_and_are_read_back_from_the_cache(tmp_path, monkeypatch):
+    import numpy as np
+
+    import miniworld.train_unet as train_unet
+    from miniworld.models import make_vae
+
+    torch.manual_seed(0)
+    vae = make_vae().eval()
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    mean, std = train_unet.corpus_latents(vae, images, tmp_path, "cpu")
+    direct = train_unet.encode_latents(vae, torch.from_numpy(images), "cpu")
+    assert torch.equal(mean, direct[0]) and torch.equal(std, direct[1])
+    [cache] = tmp_path.glob("latents_*.safetensors")
+    real = train_unet.encode_latents
+    monkeypatch.setattr(train_unet, "encode_latents", lambda *a: pytest.fail("encoded again despite the cache"))
+    again = train_unet.corpus_latents(vae, images, tmp_path, "cpu")
+    assert torch.equal(again[0], mean)
+    monkeypatch.setattr(train_unet, "encode_latents", real)
+    images[0, 0, 0, 0] ^= 1  # other images: another key, not the stale cache
+    train_unet.corpus_latents(vae, images, tmp_path, "cpu")
+    assert len(list(tmp_path.glob("latents_*.safetensors"))) == 2 and cache.exists()
