@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,9 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
+from mace_core.attention_loss import AttentionCapture
+from miniworld import render as render_module
+from miniworld.attention_supervision import corpus_attention_targets, subject_attention_loss
 from miniworld.models import make_scheduler, make_unet
 from miniworld.paths import PIPELINE_DIR, TRAIN_DIR
 from miniworld.tokenizer import load_tokenizer
@@ -108,6 +113,16 @@ def caption_contexts(
     return out["contexts"], inverse
 
 
+def attention_targets(rows: list[dict], tokenizer, cache_dir: Path) -> dict[str, torch.Tensor]:
+    """`corpus_attention_targets` of the corpus, cached under a key of the rows, the tokenizer's vocabulary
+    and the renderer's source (the masks come from re-rendering every row)."""
+    key = hashlib.sha256(json.dumps(rows, sort_keys=True).encode())
+    key.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    key.update(inspect.getsource(render_module).encode())
+    path = cache_dir / f"attention_targets_{key.hexdigest()[:16]}.safetensors"
+    return cached(path, lambda: corpus_attention_targets(rows, tokenizer))
+
+
 def main() -> None:
     """Train, checkpointing and logging; save the pipeline."""
     p = parser(__doc__, PIPELINE_DIR, steps=15000, batch_size=64, lr=5e-4)
@@ -120,6 +135,8 @@ def main() -> None:
     p.add_argument("--mix", type=parse_mix, default=None,
                    help="share of each row group in every batch, e.g. identity=0.5,object=0.3,styled=0.1,pair=0.1 "
                         "(default: uniform over the corpus rows)")
+    p.add_argument("--attention-loss", type=float, default=0.0,
+                   help="weight of the cross-attention supervision loss (miniworld.attention_supervision); 0: off")
     args = p.parse_args()
     run = start(args, "unet")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -133,6 +150,9 @@ def main() -> None:
     contexts, row_context = caption_contexts(text_encoder, tokenizer, [r["caption"] for r in rows], TRAIN_DIR, dev)
     contexts, row_context = contexts.to(dev), row_context.to(dev)
     weights = mix_weights(rows, args.mix) if args.mix is not None else None
+    if args.attention_loss > 0:
+        targets = attention_targets(rows, tokenizer, TRAIN_DIR)
+        subject_tokens, subject_masks = targets["tokens"].to(dev), targets["masks"].to(dev)
     empty = encode_contexts(text_encoder, tokenize(tokenizer, [""]), dev)
     scheduler = make_scheduler()
     alphas = scheduler.alphas_cumprod.to(dev)
@@ -164,10 +184,17 @@ def main() -> None:
         noise = torch.randn(z0.shape, generator=g, device=dev)
         a = alphas[t].view(b, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        pred = unet(zt, t, context).sample
+        if args.attention_loss > 0:
+            with AttentionCapture(unet) as capture:
+                pred = unet(zt, t, context).sample
+            named = subject_tokens[idx] & ~drop[:, None, None]  # an empty caption names nothing
+            attention = subject_attention_loss(capture.probs, named, subject_masks[idx])
+        else:
+            pred, attention = unet(zt, t, context).sample, torch.zeros(())
         snr = alphas[t] / (1 - alphas[t])
         weight = snr.clamp(max=SNR_GAMMA) / snr
-        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        denoise = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        loss = denoise + args.attention_loss * attention
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -177,7 +204,8 @@ def main() -> None:
             decay = min(args.ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema_params, params, 1 - decay)
         if (step + 1) % 100 == 0:
-            run.log_loss(step + 1, {"loss": loss.item()}, time.time() - t0)
+            values = {"loss": denoise.item()} | ({"attention": attention.item()} if args.attention_loss > 0 else {})
+            run.log_loss(step + 1, values, time.time() - t0)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             run.save(step + 1, modules)
     pipe = StableDiffusionPipeline(
@@ -193,6 +221,8 @@ def main() -> None:
     pipe.save_pretrained(str(args.out))
     ema.half().save_pretrained(str(args.out / "unet"))  # float16 on disk; loads as float32
     extra = {"batch_size": args.batch_size, "planned_steps": args.steps}
+    if args.attention_loss > 0:
+        extra["attention_loss"] = args.attention_loss
     if args.mix is not None:
         extra["mix"] = ",".join(f"{k}={v}" for k, v in args.mix.items())
     finish(run, args.out, done, t0, extra)
