@@ -106,6 +106,26 @@ def quiet_prefect(verbose: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def quiet_loading(verbose: bool) -> Iterator[None]:
+    """Switch off diffusers' and transformers' model-loading bars for the block: under the stage bars they
+    printed two stray bars per pipeline load."""
+    if verbose:
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = [lib for lib in (diffusers_logging, transformers_logging) if lib.is_progress_bar_enabled()]
+    for lib in libraries:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib in libraries:
+            lib.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def stage_progress(enabled: bool = True) -> Iterator[None]:
     """Rich progress: one bar per stage (task bodies done / started), fed by the task ledger."""
     from tasks._cache import LEDGER
@@ -157,10 +177,11 @@ def summary_table(report: Any, wall_s: float) -> Table:
 
 @contextlib.contextmanager
 def running_flow(verbose: bool, progress: bool = True) -> Iterator[None]:
-    """How every command runs a flow: Prefect's console muted, stage bars drawn, local-run settings."""
+    """How every command runs a flow: Prefect's console and model-loading bars muted, stage bars drawn,
+    local-run settings."""
     from flows.local import local_run_settings
 
-    with quiet_prefect(verbose), stage_progress(progress), local_run_settings():
+    with quiet_prefect(verbose), quiet_loading(verbose), stage_progress(progress), local_run_settings():
         yield
 
 

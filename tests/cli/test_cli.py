@@ -114,3 +114,23 @@ def test_erase_add_status_artifacts_and_tamper(tmp_path, write_config, cli_model
     assert r.exit_code == 0, r.output
     # 6. gc keeps what the recorded runs reach
     assert runner.invoke(app, ["artifacts", "gc", "--store", store]).exit_code == 0
+
+
+def test_quiet_loading_mutes_the_model_loading_bars_and_restores_them(capfd):
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from mace_cli.main import quiet_loading
+    from miniworld.paths import PIPELINE_DIR
+
+    def load() -> str:
+        StableDiffusionPipeline.from_pretrained(str(PIPELINE_DIR), local_files_only=True)
+        return capfd.readouterr().err
+
+    assert "Loading pipeline components" in load()  # the bars this guards against
+    with quiet_loading(verbose=False):
+        assert "Loading" not in load()
+    assert diffusers_logging.is_progress_bar_enabled() and transformers_logging.is_progress_bar_enabled()
+    with quiet_loading(verbose=True):
+        assert "Loading pipeline components" in load()
