@@ -30,11 +30,11 @@ LATENT_SIZE = 8
 
 
 def subject_phrases(subject: Subject) -> tuple[str, ...]:
-    """The words a caption may use for ``subject``, longest first (an identity's name; an object's class
-    word or one of its synonyms)."""
+    """The words a caption may use for ``subject``, longest first, ties in a fixed order (an identity's name;
+    an object's class word or one of its synonyms)."""
     if subject.kind == "identity":
         return (subject.name,)
-    return tuple(sorted({subject.name, *OBJECTS[subject.name]}, key=len, reverse=True))
+    return tuple(sorted(dict.fromkeys((subject.name, *OBJECTS[subject.name])), key=len, reverse=True))
 
 
 def subject_token_masks(tokenizer, caption: str, subjects: tuple[Subject, ...]) -> torch.Tensor:

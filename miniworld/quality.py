@@ -14,13 +14,14 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
-from miniworld.classifier import MiniworldClassifier, load_classifier
+from miniworld.classifier import load_classifier
 from miniworld.paths import PIPELINE_DIR
 from miniworld.prompts import identity_prompt, object_prompt, style_prompt
 from miniworld.training import to_float
@@ -62,21 +63,18 @@ def generate(
     return torch.cat(out)
 
 
-def top1(classifier: MiniworldClassifier, images: torch.Tensor, head: str, expected: list[str], seeds: int) -> float:
-    """Fraction of images whose ``head`` prediction is the prompt's expected label."""
-    pred = classifier.predict(images)[head]
-    labels = classifier.labels[head]
+def top1(predicted: torch.Tensor, labels: Sequence[str], expected: list[str], seeds: int) -> float:
+    """Fraction of images whose predicted label index (a classifier head's ``predict``) is the prompt's
+    expected label."""
     target = torch.tensor([labels.index(e) for e in expected for _ in range(seeds)])
-    return float((pred == target).float().mean())
+    return float((predicted == target).float().mean())
 
 
-def emblem_factor_match(classifier: MiniworldClassifier, images: torch.Tensor, expected: list[str], seeds: int) -> dict[str, float]:
+def emblem_factor_match(predicted: torch.Tensor, labels: Sequence[str], expected: list[str], seeds: int) -> dict[str, float]:
     """Share of identity images whose predicted identity's emblem has the prompted shape, foreground and
     background colour (an emblem is shape x fg x bg): says which factor a wrong identity gets wrong."""
-    labels = classifier.labels["identity"]
-    predicted = [labels[int(i)] for i in classifier.predict(images)["identity"]]
     wanted = [EMBLEM_SPECS[e] for e in expected for _ in range(seeds)]
-    got = [EMBLEM_SPECS.get(p) for p in predicted]  # None for "none"
+    got = [EMBLEM_SPECS.get(labels[int(i)]) for i in predicted]  # None for "none"
     return {f"identity_{factor}_match": round(sum(g is not None and g[i] == w[i] for g, w in zip(got, wanted)) / len(wanted), 4)
             for i, factor in enumerate(("shape", "fg", "bg"))}
 
@@ -118,9 +116,10 @@ def measure_quality(
     for name, (head, prompts, expected) in suites.items():
         t0 = time.perf_counter()
         images = generate(pipe, prompts, seeds, steps, guidance)
-        figures[f"{name}_top1"] = round(top1(clf, images, head, expected, seeds), 4)
+        predicted = clf.predict(images)[head]
+        figures[f"{name}_top1"] = round(top1(predicted, clf.labels[head], expected, seeds), 4)
         if name == "identity":
-            figures |= emblem_factor_match(clf, images, expected, seeds)
+            figures |= emblem_factor_match(predicted, clf.labels[head], expected, seeds)
         log.info("%s: top-1 %.4f (%d images, %.1f s)", name, figures[f"{name}_top1"], len(images), time.perf_counter() - t0)
     figures["seconds_for_8_images"] = round(time_eight(pipe, steps, guidance), 3)
     masks, local = attention_mask_iou(pipe), attention_localisation(pipe)
@@ -193,12 +192,12 @@ def attention_localisation(pipe: StableDiffusionPipeline, n: int = 32, seed: int
     named subject / the other one, ``win_rate`` the fraction of maps with more mass on their own subject
     (0.5 = no localisation)."""
     from mace_core.masks import attention_saliency
+    from miniworld.attention_supervision import subject_phrases
 
     picked, renders = _heldout_renders(n, 2)
 
     def phrase(subject, caption: str) -> str | None:  # the words naming the subject in its caption
-        return next((w for w in sorted((subject.name, *OBJECTS[subject.name]), key=len, reverse=True)
-                     if w in caption), None)
+        return next((w for w in subject_phrases(subject) if w in caption), None)
 
     x = _images(renders)
     captions = [r["caption"] for r, _ in picked]

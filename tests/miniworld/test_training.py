@@ -112,9 +112,10 @@ def test_emblem_factor_match_names_the_factor_a_wrong_identity_gets_wrong():
         for n in names for k in range(seeds)
     ])
     clf = load_classifier()
-    right = emblem_factor_match(clf, images, names, seeds)
+    predicted, labels = clf.predict(images)["identity"], clf.labels["identity"]
+    right = emblem_factor_match(predicted, labels, names, seeds)
     assert min(right.values()) >= 0.9
-    wrong_fg = emblem_factor_match(clf, images, other_fg, seeds)
+    wrong_fg = emblem_factor_match(predicted, labels, other_fg, seeds)
     assert wrong_fg["identity_shape_match"] >= 0.9 and wrong_fg["identity_bg_match"] >= 0.9
     assert wrong_fg["identity_fg_match"] <= 0.1
 
