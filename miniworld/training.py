@@ -46,6 +46,7 @@ class Run:
     workdir: Path
     seed: int
     resumed_at: int = 0  # the step a checkpoint restored (0: a fresh run)
+    seconds_before: float = 0.0  # training seconds logged up to the restored step, so the curve's clock runs on
 
     def batch_indices(self, step: int, n: int, batch_size: int, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The (deterministic) sample indices of ``step``: uniform over ``n`` rows, or drawn with replacement
@@ -69,7 +70,19 @@ class Run:
             module.load_state_dict(state[name])
         log.info("resumed from %s at step %d", path, state["step"])
         self.resumed_at = int(state["step"])
+        self._truncate_loss_log()
         return self.resumed_at
+
+    def _truncate_loss_log(self) -> None:
+        """Drop the loss rows logged after the restored checkpoint (an interrupted session logs past its last
+        checkpoint; the resumed run logs those steps again) and pick up the clock where the kept rows end."""
+        path = self.workdir / "loss.csv"
+        if not path.exists():
+            return
+        header, *rows = path.read_text().splitlines()
+        kept = [r for r in rows if int(r.split(",")[0]) <= self.resumed_at]
+        path.write_text("\n".join([header, *kept]) + "\n")
+        self.seconds_before = float(kept[-1].split(",")[1]) if kept else 0.0
 
     def save(self, step: int, modules: dict[str, torch.nn.Module | torch.optim.Optimizer]) -> None:
         """Write the checkpoint atomically."""
@@ -86,7 +99,7 @@ class Run:
         if not path.exists():
             path.write_text("step,seconds," + ",".join(values) + "\n")
         with path.open("a") as f:
-            f.write(f"{step},{seconds:.1f}," + ",".join(f"{v:.6g}" for v in values.values()) + "\n")
+            f.write(f"{step},{self.seconds_before + seconds:.1f}," + ",".join(f"{v:.6g}" for v in values.values()) + "\n")
 
 
 def start(args: argparse.Namespace, name: str) -> Run:

@@ -141,3 +141,21 @@ def test_corpus_latents_equal_a_direct_encoding_and_are_read_back_from_the_cache
     images[0, 0, 0, 0] ^= 1  # other images: another key, not the stale cache
     train_unet.corpus_latents(vae, images, tmp_path, "cpu")
     assert len(list(tmp_path.glob("latents_*.safetensors"))) == 2 and cache.exists()
+
+
+def test_a_resumed_run_drops_loss_rows_past_its_checkpoint_and_continues_the_clock(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    first = Run(workdir=tmp_path, seed=0)
+    for step in (100, 200):
+        first.log_loss(step, {"loss": 1.0 / step}, seconds=step / 10)
+    first.save(200, {"model": model})
+    first.log_loss(300, {"loss": 0.5}, seconds=30.0)  # logged, then the session ended before the next checkpoint
+
+    resumed = Run(workdir=tmp_path, seed=0)
+    assert resumed.load({"model": model}) == 200
+    resumed.log_loss(300, {"loss": 0.25}, seconds=5.0)
+
+    rows = (tmp_path / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,seconds,loss"
+    assert [r.split(",")[:2] for r in rows[1:]] == [["100", "10.0"], ["200", "20.0"], ["300", "25.0"]]
+    assert rows[-1].endswith(",0.25")
