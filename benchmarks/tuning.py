@@ -1,13 +1,17 @@
-"""What was tuned for the objects preset: the ablation's 5-class erase under config variants, measured.
+"""What was tuned for the miniworld presets: one erase setting under config variants, measured.
 
-    python -m benchmarks.tuning                                   # the default variants below
+    python -m benchmarks.tuning                                   # objects: the default variants below
+    python -m benchmarks.tuning --suite identities                # identities: erase 100, keep 100
     python -m benchmarks.tuning --variant '{"cfr": {"lam": 1000}}' --seeds 4
 
-Each variant is a partial config (sections merged over ``configs/miniworld-objects.yaml``); each row erases
-airplane, automobile, bird, cat and deer, keeps dog, frog, horse, ship and truck (the last variant also retains
-them, as the quick start does), and is evaluated like the
-quality benchmark's ablation suite (same store, so LoRAs and evaluation images are shared). Writes
-``benchmarks/results/tuning.json`` and ``tuning.md``.
+Each variant is a partial config (sections merged over ``configs/miniworld-<suite>.yaml``), evaluated like the
+quality benchmark (same store, so LoRAs, CFR statistics and evaluation images are shared between variants
+that do not change them).
+- ``objects``: erases airplane, automobile, bird, cat and deer and keeps dog, frog, horse, ship and truck (the
+  last variant also retains them, as the quick start does), as in the quality benchmark's ablation suite.
+- ``identities``: erases identities 100-199 and keeps (and retains) 0-99, the quality benchmark's hardest
+  identity setting.
+Writes ``benchmarks/results/tuning.json`` and ``tuning.md`` (``tuning_identities.*`` for identities).
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ import argparse
 import json
 import time
 
-from benchmarks.quality import RESULTS, erase, evaluate, make_config, object_concept, row
-from miniworld.world import OBJECT_CLASSES
+from benchmarks.quality import RESULTS, erase, evaluate, make_config, object_concept, retain, row
+from miniworld.world import IDENTITIES, OBJECT_CLASSES
 
-DEFAULT_VARIANTS: tuple[dict, ...] = (
+OBJECT_VARIANTS: tuple[dict, ...] = (
     {},  # the shipped preset: lam 100, no prior
     {"lora": {"enabled": False}},
     {"lora": {"enabled": False}, "cfr": {"lam": 1000.0}},
@@ -34,21 +38,48 @@ DEFAULT_VARIANTS: tuple[dict, ...] = (
      "cfr": {"prior_weight": 0.0002, "domain_weight": 250.0},
      "fusion": {"prior_weight": 0.0002, "domain_weight": 250.0}},
 )
+IDENTITY_VARIANTS: tuple[dict, ...] = (
+    {},  # the shipped preset: domain weight 50, prior weight 0.001, lam 0
+    {"lora": {"enabled": False}},
+    {"fusion": {"domain_weight": 250.0}},
+    {"fusion": {"domain_weight": 1000.0}},
+    {"fusion": {"lam": 100.0}},
+    {"cfr": {"domain_weight": 250.0}, "fusion": {"domain_weight": 250.0}},
+    {"fusion": {"domain_weight": 5000.0}},
+    {"fusion": {"domain_weight": 20000.0}},
+    {"cfr": {"domain_weight": 1000.0}, "fusion": {"domain_weight": 5000.0}},
+)
+
+
+def setting(suite: str) -> tuple[list[dict], list[dict], dict, tuple[dict, ...]]:
+    """The erased and kept concepts of ``suite``, the sections every variant shares, and its default variants."""
+    if suite == "objects":
+        return ([object_concept(c) for c in OBJECT_CLASSES[:5]], [object_concept(c) for c in OBJECT_CLASSES[5:]],
+                {}, OBJECT_VARIANTS)
+    kept = [{"name": n, "type": "identity", "mapping": "a person"} for n in IDENTITIES[:100]]
+    erased = [{"name": n, "type": "identity", "mapping": "a person"} for n in IDENTITIES[100:200]]
+    return erased, kept, {"prior": retain(kept)}, IDENTITY_VARIANTS
+
+
+def merged(base: dict, over: dict) -> dict:
+    """``over``'s sections merged field by field over ``base``'s."""
+    return base | {k: {**base.get(k, {}), **v} for k, v in over.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suite", choices=("objects", "identities"), default="objects")
     ap.add_argument("--variant", action="append", default=None, help="a partial config as JSON (repeatable)")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--store", default="artifacts/bench-quality")
     args = ap.parse_args()
-    variants = [json.loads(v) for v in args.variant] if args.variant else list(DEFAULT_VARIANTS)
-    erased = [object_concept(c) for c in OBJECT_CLASSES[:5]]
-    kept = [object_concept(c) for c in OBJECT_CLASSES[5:]]
+    erased, kept, shared, defaults = setting(args.suite)
+    variants = [json.loads(v) for v in args.variant] if args.variant else list(defaults)
     rows, reference = [], None
     for i, over in enumerate(variants):
         label = json.dumps(over, sort_keys=True) if over else "preset"
-        report, s = erase(make_config("objects", f"q-tuning-{i}", erased, args.store, **over))
+        name = f"q-tuning-{i}" if args.suite == "objects" else f"q-tuning-{args.suite}-{i}"
+        report, s = erase(make_config(args.suite, name, erased, args.store, **merged(shared, over)))
         ev = evaluate(report.output, erased, kept, args.seeds, args.store)
         rows.append(row(label, report, ev, s))
         reference = row("original model", None, ev, None, "reference_metrics")
@@ -58,16 +89,20 @@ def main() -> None:
 
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": args.seeds, "rows": rows, "reference": reference,
               "model_digest": files_digest(PIPELINE_DIR), "erased": [c["name"] for c in erased],
-              "command": "python -m benchmarks.tuning" + (f" --seeds {args.seeds}" if args.seeds != 4 else "")}
+              "command": "python -m benchmarks.tuning" + (f" --suite {args.suite}" if args.suite != "objects" else "")
+              + (f" --seeds {args.seeds}" if args.seeds != 4 else "")}
+    stem = "tuning" if args.suite == "objects" else f"tuning_{args.suite}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tuning.json").write_text(json.dumps(result, indent=1) + "\n")
-    keys = ("acc_e", "acc_s", "acc_g", "h_o")
-    md = ["# Objects preset: variants tried", "",
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    keys = ("acc_e", "acc_s", "acc_g", "h_o") if args.suite == "objects" else ("acc_e", "acc_s", "h_c")
+    what = (f"Erased: {', '.join(result['erased'])}; kept: the other 5." if args.suite == "objects"
+            else "Erased: identities 100-199; kept and retained: identities 0-99.")
+    md = [f"# {args.suite.capitalize()} preset: variants tried", "",
           f"`{result['command']}` ({result['date']}, {args.seeds} seeds per prompt, model {result['model_digest'][:12]}). "
-          f"Erased: {', '.join(result['erased'])}; kept: the other 5. Accuracies in %.", "",
+          f"{what} Accuracies in %.", "",
           "| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     md += [f"| {r['setting']} | " + " | ".join(str(r[k]) for k in keys) + " |" for r in [*rows, reference]]
-    (RESULTS / "tuning.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
