@@ -13,6 +13,7 @@ retain list:
 - ``ablation``: erase 5 classes (kept: the other 5) with CFR only, LoRA only, naive fusion, full MACE, and full
   MACE with the ``joint`` LoRA base.
 - ``identities``: erase the first N of identities 100-199 (N in --identities) keeping identities 0-99 -> H_c.
+  The fusion domain weight is the preset's (tuned at N=100) scaled with N as the official configs scale it.
 - ``styles``: erase 10 styles keeping the other 10: style-head accuracy and CLIP_e / CLIP_s / H_a from the
   miniworld CLIP.
 - ``heldout``: specificity on held-out captions: Fréchet distance on classifier features to the captions'
@@ -20,8 +21,8 @@ retain list:
 
 Writes ``benchmarks/results/quality.json``, ``quality.md`` and ``quality_identities.png``. The original model is
 the reference row of every table. The configs are the shipped presets (configs/miniworld-*.yaml) with only the
-concept lists (and, for identities and styles, the retain list) changed. The objects-preset variants that were
-tried are in ``benchmarks/tuning.py``; on the 7,000-step model none beat the shipped preset.
+concept lists (and, for identities and styles, the retain list) changed. The preset variants that were tried
+are in ``benchmarks/tuning.py``.
 """
 
 from __future__ import annotations
@@ -152,6 +153,21 @@ def suite_ablation(store: str, seeds: int) -> dict:
             "reference": row("original model", None, ev, None, "reference_metrics")}
 
 
+# The official celebrity configs' domain weight pw by erased count (spec section 7): it grows with the count.
+OFFICIAL_DOMAIN_WEIGHT = {1: 8e3, 5: 5e4, 10: 8e4, 100: 2e5}
+
+
+def identity_domain_weight(n: int) -> float:
+    """The fusion domain weight for erasing ``n`` identities: the preset's (tuned at 100) scaled as the official
+    configs scale pw with the count, interpolated in log(n) between their counts."""
+    from mace_cli.config_io import read_mapping
+
+    tuned = float(read_mapping(PRESETS / "miniworld-identities.yaml")["fusion"]["domain_weight"])
+    counts, weights = zip(*sorted(OFFICIAL_DOMAIN_WEIGHT.items()))
+    ratio = np.interp(np.log(n), np.log(counts), np.asarray(weights) / OFFICIAL_DOMAIN_WEIGHT[100])
+    return round(float(tuned * ratio), 6)
+
+
 def suite_identities(store: str, seeds: int, counts: list[int]) -> dict:
     from miniworld.world import IDENTITIES
 
@@ -159,7 +175,9 @@ def suite_identities(store: str, seeds: int, counts: list[int]) -> dict:
     rows, refs = [], []
     for n in counts:
         erased = [{"name": x, "type": "identity", "mapping": "a person"} for x in IDENTITIES[100:100 + n]]
-        report, s = erase(make_config("identities", f"q-identities-{n}", erased, store, prior=retain(kept)))
+        fusion = {"domain_weight": identity_domain_weight(n)}
+        report, s = erase(make_config("identities", f"q-identities-{n}", erased, store, prior=retain(kept),
+                                      fusion=fusion))
         ev = evaluate(report.output, erased, kept, seeds, store)
         rows.append(row(f"{n} erased", report, ev, s) | {"n": n})
         refs.append(row(f"{n} (original)", None, ev, None, "reference_metrics") | {"n": n})

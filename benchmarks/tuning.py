@@ -24,30 +24,29 @@ from benchmarks.quality import RESULTS, erase, evaluate, make_config, object_con
 from miniworld.world import IDENTITIES, OBJECT_CLASSES
 
 OBJECT_VARIANTS: tuple[dict, ...] = (
-    {},  # the shipped preset: lam 100, no prior
+    {},  # the shipped preset: lam 1000 on CFR and fusion, no prior
+    {"cfr": {"lam": 100.0}, "fusion": {"lam": 100.0}},  # the preset before tuning
+    {"cfr": {"lam": 1000.0}, "fusion": {"lam": 100.0}},
     {"lora": {"enabled": False}},
-    {"lora": {"enabled": False}, "cfr": {"lam": 1000.0}},
+    {"lora": {"enabled": False}, "cfr": {"lam": 100.0}},
     {"lora": {"enabled": False}, "cfr": {"lam": 10000.0}},
     {"lora": {"enabled": False}, "cfr": {"prior_weight": 0.001}},
-    {"lora": {"enabled": False}, "cfr": {"prior_weight": 0.01}},
-    {"cfr": {"lam": 1000.0}},
-    {"cfr": {"lam": 1000.0}, "fusion": {"lam": 1000.0}},
     {"cfr": {"prior_weight": 0.001}, "fusion": {"prior_weight": 0.001}},
     # the quick start's setting: retain the kept classes (domain prior) plus a light 10k-caption general prior
     {"prior": {"max_captions": 10000, "retain": list(OBJECT_CLASSES[5:])},
-     "cfr": {"prior_weight": 0.0002, "domain_weight": 250.0},
-     "fusion": {"prior_weight": 0.0002, "domain_weight": 250.0}},
+     "cfr": {"lam": 100.0, "prior_weight": 0.0002, "domain_weight": 250.0},
+     "fusion": {"lam": 100.0, "prior_weight": 0.0002, "domain_weight": 250.0}},
 )
 IDENTITY_VARIANTS: tuple[dict, ...] = (
-    {},  # the shipped preset: domain weight 50, prior weight 0.001, lam 0
+    {},  # the shipped preset: CFR domain weight 50, fusion domain weight 5000, prior weight 0.001, lam 0
+    {"fusion": {"domain_weight": 50.0}},  # the preset before tuning
     {"lora": {"enabled": False}},
     {"fusion": {"domain_weight": 250.0}},
     {"fusion": {"domain_weight": 1000.0}},
-    {"fusion": {"lam": 100.0}},
-    {"cfr": {"domain_weight": 250.0}, "fusion": {"domain_weight": 250.0}},
-    {"fusion": {"domain_weight": 5000.0}},
     {"fusion": {"domain_weight": 20000.0}},
-    {"cfr": {"domain_weight": 1000.0}, "fusion": {"domain_weight": 5000.0}},
+    {"fusion": {"domain_weight": 50.0, "lam": 100.0}},
+    {"cfr": {"domain_weight": 250.0}, "fusion": {"domain_weight": 250.0}},
+    {"cfr": {"domain_weight": 1000.0}},
 )
 
 
