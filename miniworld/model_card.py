@@ -118,7 +118,7 @@ def main() -> None:
         lines.append(f"| {m} | {s.get('steps')} | {s.get('wall_seconds')} | {notes} |")
     total = sum(s.get("wall_seconds", 0) for s in summaries.values())
     lines.append(f"\nSum of wall times: {total / 3600:.2f} h (VAE and CLIP ran side by side, then classifier and UNet; "
-                 "one thread each, except the UNet's third to fifth sessions: two threads). Loss curves: `logs/*_loss.csv`, "
+                 "one thread each, except the UNet's sessions from the third on: two threads). Loss curves: `logs/*_loss.csv`, "
                  "plotted in `logs/loss_curves.png`.\n")
     lines.append("Reproduce (deterministic, resumable from `miniworld/_train/<model>/checkpoint.pt`): "
                  "`bash miniworld/train_all.sh [UNET_STEPS] [UNET_DEADLINE_UNIX_TIME]`, one command per model "
