@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 
 from benchmarks.quality import RESULTS, erase, evaluate, make_config, object_concept, retain, row
 from miniworld.world import IDENTITIES, OBJECT_CLASSES
@@ -50,14 +51,29 @@ IDENTITY_VARIANTS: tuple[dict, ...] = (
 )
 
 
-def setting(suite: str) -> tuple[list[dict], list[dict], dict, tuple[dict, ...]]:
-    """The erased and kept concepts of ``suite``, the sections every variant shares, and its default variants."""
+@dataclass(frozen=True)
+class Setting:
+    """One tuning setting: what is erased and kept, the sections every variant shares, and how it is reported."""
+
+    erased: list[dict]
+    kept: list[dict]
+    shared: dict
+    variants: tuple[dict, ...]
+    keys: tuple[str, ...]  # the metrics of its table
+    what: str  # its table's description of the concepts
+    stem: str  # results file name, without extension
+
+
+def setting(suite: str) -> Setting:
+    """The tuning setting of ``suite`` (objects or identities)."""
     if suite == "objects":
-        return ([object_concept(c) for c in OBJECT_CLASSES[:5]], [object_concept(c) for c in OBJECT_CLASSES[5:]],
-                {}, OBJECT_VARIANTS)
+        return Setting([object_concept(c) for c in OBJECT_CLASSES[:5]], [object_concept(c) for c in OBJECT_CLASSES[5:]],
+                       {}, OBJECT_VARIANTS, ("acc_e", "acc_s", "acc_g", "h_o"),
+                       f"Erased: {', '.join(OBJECT_CLASSES[:5])}; kept: the other 5.", "tuning")
     kept = [{"name": n, "type": "identity", "mapping": "a person"} for n in IDENTITIES[:100]]
     erased = [{"name": n, "type": "identity", "mapping": "a person"} for n in IDENTITIES[100:200]]
-    return erased, kept, {"prior": retain(kept)}, IDENTITY_VARIANTS
+    return Setting(erased, kept, {"prior": retain(kept)}, IDENTITY_VARIANTS, ("acc_e", "acc_s", "h_c"),
+                   "Erased: identities 100-199; kept and retained: identities 0-99.", "tuning_identities")
 
 
 def merged(base: dict, over: dict) -> dict:
@@ -72,14 +88,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--store", default="artifacts/bench-quality")
     args = ap.parse_args()
-    erased, kept, shared, defaults = setting(args.suite)
-    variants = [json.loads(v) for v in args.variant] if args.variant else list(defaults)
+    st = setting(args.suite)
+    variants = [json.loads(v) for v in args.variant] if args.variant else list(st.variants)
     rows, reference = [], None
     for i, over in enumerate(variants):
         label = json.dumps(over, sort_keys=True) if over else "preset"
         name = f"q-tuning-{i}" if args.suite == "objects" else f"q-tuning-{args.suite}-{i}"
-        report, s = erase(make_config(args.suite, name, erased, args.store, **merged(shared, over)))
-        ev = evaluate(report.output, erased, kept, args.seeds, args.store)
+        report, s = erase(make_config(args.suite, name, st.erased, args.store, **merged(st.shared, over)))
+        ev = evaluate(report.output, st.erased, st.kept, args.seeds, args.store)
         rows.append(row(label, report, ev, s))
         reference = row("original model", None, ev, None, "reference_metrics")
         print(rows[-1], flush=True)
@@ -87,21 +103,17 @@ def main() -> None:
     from tasks._cache import files_digest
 
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": args.seeds, "rows": rows, "reference": reference,
-              "model_digest": files_digest(PIPELINE_DIR), "erased": [c["name"] for c in erased],
+              "model_digest": files_digest(PIPELINE_DIR), "erased": [c["name"] for c in st.erased],
               "command": "python -m benchmarks.tuning" + (f" --suite {args.suite}" if args.suite != "objects" else "")
               + (f" --seeds {args.seeds}" if args.seeds != 4 else "")}
-    stem = "tuning" if args.suite == "objects" else f"tuning_{args.suite}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    keys = ("acc_e", "acc_s", "acc_g", "h_o") if args.suite == "objects" else ("acc_e", "acc_s", "h_c")
-    what = (f"Erased: {', '.join(result['erased'])}; kept: the other 5." if args.suite == "objects"
-            else "Erased: identities 100-199; kept and retained: identities 0-99.")
+    (RESULTS / f"{st.stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     md = [f"# {args.suite.capitalize()} preset: variants tried", "",
           f"`{result['command']}` ({result['date']}, {args.seeds} seeds per prompt, model {result['model_digest'][:12]}). "
-          f"{what} Accuracies in %.", "",
-          "| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    md += [f"| {r['setting']} | " + " | ".join(str(r[k]) for k in keys) + " |" for r in [*rows, reference]]
-    (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
+          f"{st.what} Accuracies in %.", "",
+          "| variant | " + " | ".join(st.keys) + " |", "|---|" + "---|" * len(st.keys)]
+    md += [f"| {r['setting']} | " + " | ".join(str(r[k]) for k in st.keys) + " |" for r in [*rows, reference]]
+    (RESULTS / f"{st.stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
