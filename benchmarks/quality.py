@@ -66,6 +66,10 @@ def object_concept(name: str) -> dict:
     return {"name": name, "type": "object", "mapping": OBJECT_MAPPING, "synonyms": list(OBJECTS[name])}
 
 
+def identity_concept(name: str) -> dict:
+    return {"name": name, "type": "identity", "mapping": "a person"}
+
+
 def retain(kept: list[dict]) -> dict:
     """The domain prior of the paper's protocol: the retained concepts themselves (spec Stage C: the official
     celebrity and art caches were built from the retention groups)."""
@@ -169,10 +173,10 @@ def identity_domain_weight(n: int) -> float:
 def suite_identities(store: str, seeds: int, counts: list[int]) -> dict:
     from miniworld.world import IDENTITIES
 
-    kept = [{"name": n, "type": "identity", "mapping": "a person"} for n in IDENTITIES[:100]]
+    kept = [identity_concept(n) for n in IDENTITIES[:100]]
     rows, refs = [], []
     for n in counts:
-        erased = [{"name": x, "type": "identity", "mapping": "a person"} for x in IDENTITIES[100:100 + n]]
+        erased = [identity_concept(x) for x in IDENTITIES[100:100 + n]]
         fusion = {"domain_weight": identity_domain_weight(n)}
         report, s = erase(make_config("identities", f"q-identities-{n}", erased, store, prior=retain(kept),
                                       fusion=fusion))

@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from benchmarks.quality import RESULTS, erase, evaluate, make_config, object_concept, retain, row
+from benchmarks.quality import RESULTS, erase, evaluate, identity_concept, make_config, object_concept, retain, row
 from miniworld.world import IDENTITIES, OBJECT_CLASSES
 
 OBJECT_VARIANTS: tuple[dict, ...] = (
@@ -70,8 +70,8 @@ def setting(suite: str) -> Setting:
         return Setting([object_concept(c) for c in OBJECT_CLASSES[:5]], [object_concept(c) for c in OBJECT_CLASSES[5:]],
                        {}, OBJECT_VARIANTS, ("acc_e", "acc_s", "acc_g", "h_o"),
                        f"Erased: {', '.join(OBJECT_CLASSES[:5])}; kept: the other 5.", "tuning")
-    kept = [{"name": n, "type": "identity", "mapping": "a person"} for n in IDENTITIES[:100]]
-    erased = [{"name": n, "type": "identity", "mapping": "a person"} for n in IDENTITIES[100:200]]
+    kept = [identity_concept(n) for n in IDENTITIES[:100]]
+    erased = [identity_concept(n) for n in IDENTITIES[100:200]]
     return Setting(erased, kept, {"prior": retain(kept)}, IDENTITY_VARIANTS, ("acc_e", "acc_s", "h_c"),
                    "Erased: identities 100-199; kept and retained: identities 0-99.", "tuning_identities")
 
