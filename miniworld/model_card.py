@@ -16,7 +16,7 @@ from pathlib import Path
 
 from miniworld.paths import CLASSIFIER_DIR, TRAIN_DIR, WEIGHTS_DIR
 
-MODELS = ("vae", "clip", "classifier", "unet")
+MODELS = ("vae", "clip", "sharpen_text", "classifier", "unet")
 TARGETS = {"object_top1": 0.90, "synonym_top1": 0.80, "identity_top1": 0.85, "style_top1": 0.85}
 
 
@@ -67,8 +67,9 @@ def plot_losses(logs: Path) -> None:
         path = logs / f"{m}_loss.csv"
         if path.exists():
             rows = list(csv.DictReader(path.open()))
-            ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])
-        ax.set_title(m)
+            column = "loss" if "loss" in rows[0] else list(rows[0])[2]  # sharpen_text logs "classify" first
+            ax.plot([int(r["step"]) for r in rows], [float(r[column]) for r in rows])
+        ax.set_title(m.replace("_", " "))
         ax.set_xlabel("step")
         ax.set_yscale("log")
     fig.tight_layout()
@@ -118,11 +119,11 @@ def main() -> None:
         lines.append(f"| {m} | {s.get('steps')} | {s.get('wall_seconds')} | {notes} |")
     total = sum(s.get("wall_seconds", 0) for s in summaries.values())
     lines.append(f"\nSum of wall times: {total / 3600:.2f} h (VAE and CLIP ran side by side, then classifier and UNet; "
-                 "one thread each, except the UNet's sessions from the third on: two threads). Loss curves: `logs/*_loss.csv`, "
+                 "one thread each, except the text-encoder sharpening and the UNet's sessions from the third on: two threads). Loss curves: `logs/*_loss.csv`, "
                  "plotted in `logs/loss_curves.png`.\n")
     lines.append("Reproduce (deterministic, resumable from `miniworld/_train/<model>/checkpoint.pt`): "
                  "`bash miniworld/train_all.sh [UNET_STEPS] [UNET_DEADLINE_UNIX_TIME]`, one command per model "
-                 "inside it (`python -m miniworld.train_{vae,clip,classifier,unet}`; `--device cuda` on a GPU).\n")
+                 "inside it (`python -m miniworld.train_{vae,clip,classifier,unet}`, `python -m miniworld.sharpen_text`; `--device cuda` on a GPU).\n")
     if clf:
         lines += ["## Classifier on held-out renders (top-1)\n", "| head | clean renders | after a VAE round trip |",
                   "|---|---|---|"]
