@@ -123,8 +123,9 @@ def main() -> None:
         with torch.no_grad():
             target = teacher(batch_ids).last_hidden_state
         feats, named = subject_features(hidden, batch_tokens)
+        wanted = labels[idx].to(args.device)[named]
         logits = args.scale * F.normalize(feats[named], dim=-1) @ F.normalize(prototypes, dim=-1).T
-        classify = F.cross_entropy(logits, labels[idx].to(args.device)[named])
+        classify = F.cross_entropy(logits, wanted)
         keep = ~batch_tokens.any(1)
         distill = ((hidden - target) ** 2).mean(-1)[keep].mean()
         loss = classify + args.distill * distill
@@ -134,7 +135,7 @@ def main() -> None:
         opt.step()
         sched.step()
         if (step + 1) % 50 == 0:
-            acc = (logits.argmax(1) == labels[idx].to(args.device)[named]).float().mean().item()
+            acc = (logits.argmax(1) == wanted).float().mean().item()
             run.log_loss(step + 1, {"classify": classify.item(), "distill": distill.item(), "acc": acc}, time.time() - t0)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             run.save(step + 1, modules)
