@@ -135,6 +135,11 @@ class FusionConfig(_Section):
     lam: float = Field(default=0.0, ge=0.0, description="Weight of ||W - W_cfr||^2.")
     prior_weight: float = Field(default=0.0, ge=0.0, description="Weight on the general prior Gram.")
     domain_weight: float = Field(default=0.0, ge=0.0, description="pw: domain Gram relative weight.")
+    lora_tokens: Literal["all", "concept"] = Field(
+        default="all",
+        description="Tokens of the erased prompts whose fusion target carries the LoRA delta: all (paper, official) "
+        "or concept (the phrase and after; the shared prefix before it keeps its CFR target).",
+    )
 
 
 class ExecutionConfig(_Section):

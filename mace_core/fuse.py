@@ -2,7 +2,8 @@
 
 Per projection ``l`` the fused weight solves
 
-    min_W  lam ||W - W0^l M||^2 + sum_k sum_(e in E_k) ||W e - (W0^l M_k + s_k dW_k^l) e||^2 + ||(W - W0^l) K^{1/2}||^2
+    min_W  lam ||W - W0^l M||^2 + sum_k sum_(e in E_k) ||W e - (W0^l M_k + s_k dW_k^l [e in C_k]) e||^2
+           + ||(W - W0^l) K^{1/2}||^2
 
 (``E_k`` = all L token embeddings of concept k's erased prompts, ``G_k = sum e e^T``, ``dW_k^l = up_k^l down_k^l``,
 ``K`` the prior term, ``M`` the CFR re-map of the whole set). The normal equations give, with one shared
@@ -10,7 +11,14 @@ Per projection ``l`` the fused weight solves
 
     W_fin^l = W0^l [ (lam M + sum_k M_k G_k + K) R^{-1} ]  +  sum_k s_k up_k^l ( down_k^l G_k R^{-1} )
 
-i.e. a shared d x d re-map of W0 plus a rank-(sum of LoRA ranks) correction per layer. The official code is the
+i.e. a shared d x d re-map of W0 plus a rank-(sum of LoRA ranks) correction per layer (with ``G_k`` in the LoRA
+term replaced by ``G_k^C``, the Gram of ``C_k``, when only the tokens ``C_k`` carry the LoRA delta).
+
+``C_k`` is every token in the paper and the official code (``G_k^C = G_k``). Deviation (``fusion.lora_tokens:
+concept``): ``C_k`` = the concept phrase and the tokens after it. The tokens before the phrase ("a photo of a")
+are, through the causal text encoder, exactly those of every prompt sharing that prefix; the LoRA's change to
+them is a side effect of its rank-1 update (its loss only involves the phrase, EOS and padding), and carrying it
+into the fused weights alters every kept prompt. With ``concept`` those tokens keep ``W0 M_k e``. The official code is the
 ``joint`` case ``M_k = M`` for every k (every LoRA trained on the CFR of the whole set). With per-concept bases
 (``independent`` mode: ``M_k`` = CFR of concept k alone) each concept's expert is ``W0 M_k + dW_k``.
 
@@ -54,11 +62,15 @@ class FusionTerm:
             *same tensor object* M for every concept (it is then multiplied once by ``sum G_k``).
         G: ``[d, d]`` Gram of all L tokens of the concept's erased prompts (``ConceptStats.G``).
         lora: the concept's LoRA factors (``LoraFactors`` or any ``LoraLike``); projections it lacks get zero delta.
+        G_lora: ``[d, d]`` Gram of the tokens whose target includes the LoRA delta; None (the official Eq. 7) means
+            ``G``. ``ConceptStats.G_concept`` keeps the tokens before the concept phrase at ``W0 M_k e``, see
+            ``fuse_closed_form``.
     """
 
     base_remap: torch.Tensor
     G: torch.Tensor
     lora: Any
+    G_lora: torch.Tensor | None = None
 
 
 def _check_lora(lora: Any, index: int) -> None:
@@ -189,7 +201,8 @@ def fuse_closed_form(
         if not factors:
             continue
         lnames = list(factors)
-        stacked = torch.cat([factors[n][0] for n in lnames]) @ G64  # [sum_l r, d]
+        G_lora = G64 if term.G_lora is None else _as_square64(f"terms[{k}].G_lora", term.G_lora, d)
+        stacked = torch.cat([factors[n][0] for n in lnames]) @ G_lora  # [sum_l r, d]
         offset = 0
         for n in lnames:
             r = factors[n][0].shape[0]

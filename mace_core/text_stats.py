@@ -4,7 +4,9 @@ CFR and fusion are exact functions of d x d float64 matrices computed from the f
 
 - per concept k (Stage E inputs): ``A_k = sum_pairs sum_(i,j) E'_j E_i^T`` and ``B_k = sum_pairs sum_i E_i E_i^T``
   over the matched token pairs of spec Stage E (``i`` in the erased prompt, ``j`` in the mapping prompt);
-- per concept k (Stage G inputs): ``G_k = sum over all L tokens of k's erased prompts of e e^T``;
+- per concept k (Stage G inputs): ``G_k = sum over all L tokens of k's erased prompts of e e^T``, and its part
+  ``G_k^c`` over the tokens from the concept phrase on (phrase, suffix words, EOS, padding): the tokens before the
+  phrase are the same in every prompt sharing that prefix (causal text encoder), see ``fuse`` ``lora_tokens``;
 - global priors (Stage C): ``P = Gram(caption tokens)`` (COCO) and ``D = Gram(domain prompts)``.
 
 The official code instead materialises ``W0^l E'`` for all 32 projections (~0.23 GB per concept) and stores 32
@@ -102,6 +104,8 @@ class ConceptStats:
         A: ``sum E'_j E_i^T`` over matched pairs (mapping embedding times erased embedding transposed).
         B: ``sum E_i E_i^T`` over matched erased tokens.
         G: ``sum e e^T`` over all L tokens of the erased prompts (fusion inputs).
+        G_concept: the part of ``G`` over the tokens from the first concept-phrase token on (``G`` minus the
+            prefix before the phrase); the fusion's LoRA targets with ``lora_tokens="concept"``.
         n_pairs: number of prompt pairs.
         n_matched: number of matched token pairs (rows of the CFR system).
         n_tokens: number of tokens in G (n_pairs * L).
@@ -110,13 +114,14 @@ class ConceptStats:
     A: torch.Tensor
     B: torch.Tensor
     G: torch.Tensor
+    G_concept: torch.Tensor
     n_pairs: int
     n_matched: int
     n_tokens: int
 
     def __post_init__(self) -> None:
         d = self.A.shape[0] if self.A.dim() == 2 else -1
-        for name in ("A", "B", "G"):
+        for name in ("A", "B", "G", "G_concept"):
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != (d, d) or d < 1:
                 raise ValueError(f"ConceptStats.{name} has shape {tuple(getattr(t, 'shape', ()))}: expected [d, d]")
@@ -131,7 +136,7 @@ class ConceptStats:
     def zeros(cls, d: int) -> ConceptStats:
         """The additive identity for width ``d``."""
         z = torch.zeros(d, d, dtype=STATS_DTYPE)
-        return cls(z, z.clone(), z.clone(), 0, 0, 0)
+        return cls(z, z.clone(), z.clone(), z.clone(), 0, 0, 0)
 
     def __add__(self, other: ConceptStats) -> ConceptStats:
         """Statistics of the union of two disjoint concept sets (exact: all terms are sums)."""
@@ -143,6 +148,7 @@ class ConceptStats:
             self.A + other.A,
             self.B + other.B,
             self.G + other.G,
+            self.G_concept + other.G_concept,
             self.n_pairs + other.n_pairs,
             self.n_matched + other.n_matched,
             self.n_tokens + other.n_tokens,
@@ -169,7 +175,8 @@ def concept_statistics(
 
     Returns:
         ConceptStats with ``A = sum E'_j E_i^T``, ``B = sum E_i E_i^T`` over matched pairs and
-        ``G = sum`` over all ``L`` tokens of the erased prompts, all float64.
+        ``G = sum`` over all ``L`` tokens of the erased prompts and ``G_concept`` over those from the first
+        unmatched (concept-phrase) position on, all float64.
     """
     # 1. validate shapes and values
     for name, t in (("erased_emb", erased_emb), ("mapping_emb", mapping_emb)):
@@ -188,7 +195,7 @@ def concept_statistics(
     _check_finite("erased_emb", e)
     _check_finite("mapping_emb", e_map)
     # 2. gather matched rows of every pair: X = E_i (inputs), Y = E'_j (mapping-side inputs)
-    xs, ys = [], []
+    xs, ys, concept_part = [], [], []
     for k, (i_idx, j_idx) in enumerate(matches):
         if len(i_idx) != len(j_idx):
             raise ValueError(f"matches[{k}] has {len(i_idx)} erased vs {len(j_idx)} mapping positions: must be equal")
@@ -198,14 +205,20 @@ def concept_statistics(
             raise ValueError(f"matches[{k}] has positions outside [0, {length}): recompute them with this tokenizer")
         xs.append(e[k, i_t])
         ys.append(e_map[k, j_t])
+        # the phrase starts at the first erased position the matching left out (the matched prefix ends there)
+        matched = set(i_t.tolist())
+        start = next((i for i in range(length) if i not in matched), length)
+        concept_part.append(e[k, start:])
     x = torch.cat(xs) if xs else torch.zeros(0, d, dtype=STATS_DTYPE)
     y = torch.cat(ys) if ys else torch.zeros(0, d, dtype=STATS_DTYPE)
-    # 3. A = Y^T X, B = X^T X, G = Gram of all erased tokens
+    # 3. A = Y^T X, B = X^T X, G = Gram of all erased tokens, G_concept = Gram of those from the phrase on
     all_tokens = e.reshape(-1, d)
+    concept_tokens = torch.cat(concept_part)
     return ConceptStats(
         A=y.T @ x,
         B=x.T @ x,
         G=all_tokens.T @ all_tokens,
+        G_concept=concept_tokens.T @ concept_tokens,
         n_pairs=n,
         n_matched=x.shape[0],
         n_tokens=all_tokens.shape[0],

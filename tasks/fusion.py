@@ -44,8 +44,10 @@ def fusion_task(remap: st.ArtifactRef, bases: dict[str, st.ArtifactRef], stats: 
         if cfg.method == "naive" or not names:  # no LoRAs (lora.enabled=false, "CFR only"): exactly W0·M
             weights = core_fuse.fuse_naive(W0, M, factors)
         else:
-            terms = [core_fuse.FusionTerm(load_remap(store, bases[n]), load_stats(store, stats[n]).G, f)
-                     for n, f in zip(names, factors, strict=True)]
+            concept_stats = [load_stats(store, stats[n]) for n in names]
+            terms = [core_fuse.FusionTerm(load_remap(store, bases[n]), s.G, f,
+                                          s.G_concept if cfg.lora_tokens == "concept" else None)
+                     for n, s, f in zip(names, concept_stats, factors, strict=True)]
             K = core_cfr.prior_term(load_gram(store, prior), load_gram(store, domain), cfg.prior_weight,
                                     cfg.domain_weight, square_weight=False)
             weights = core_fuse.fuse_closed_form(W0, M, terms, K, cfg.lam)

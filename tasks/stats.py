@@ -1,4 +1,4 @@
-"""Stage ``stats`` (per concept): sufficient statistics A_k, B_k, G_k (spec §3.2) -> zarr float64."""
+"""Stage ``stats`` (per concept): sufficient statistics A_k, B_k, G_k, G_k^c (spec §3.2) -> zarr float64."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tasks import store as st
 from tasks._cache import TASK_OPTIONS, cached_stage, finish, key_for, lease_pipeline, open_store
 from tasks.prompts import load_pairs
 
-STAGE, VERSION = "stats", "1"
+STAGE, VERSION = "stats", "2"  # 2: adds G_concept
 ARRAYS, COUNTS = "stats.zarr", "counts.json"
 BATCH_SIZE = 32
 
@@ -34,7 +34,8 @@ def stats_task(concept: Concept, prompts: st.ArtifactRef, model: ModelConfig, te
         with lease_pipeline(model.path, model.dtype, model.device, max_models) as pipe:
             stats = core_stats.concept_statistics_from_pipeline(pipe, pairs, batch_size=BATCH_SIZE)
         with store.writer(STAGE, key, config=config, inputs=inputs, version=VERSION) as out:
-            st.save_arrays_zarr(out / ARRAYS, {"A": stats.A, "B": stats.B, "G": stats.G})
+            st.save_arrays_zarr(out / ARRAYS, {"A": stats.A, "B": stats.B, "G": stats.G,
+                                                 "G_concept": stats.G_concept})
             (out / COUNTS).write_text(json.dumps(
                 {"n_pairs": stats.n_pairs, "n_matched": stats.n_matched, "n_tokens": stats.n_tokens}))
         get_run_logger().info("stats %s: %d pairs, %d matched tokens", concept.name, stats.n_pairs,
@@ -46,5 +47,5 @@ def load_stats(store: st.ArtifactStore, ref: st.ArtifactRef) -> core_stats.Conce
     """Read a stats artifact back as a float64 ``ConceptStats``."""
     arrays = st.load_arrays_zarr(store.path(ref) / ARRAYS)
     counts = json.loads((store.path(ref) / COUNTS).read_text())
-    t = {k: torch.as_tensor(arrays[k], dtype=torch.float64) for k in ("A", "B", "G")}
-    return core_stats.ConceptStats(t["A"], t["B"], t["G"], **counts)
+    t = {k: torch.as_tensor(arrays[k], dtype=torch.float64) for k in ("A", "B", "G", "G_concept")}
+    return core_stats.ConceptStats(t["A"], t["B"], t["G"], t["G_concept"], **counts)

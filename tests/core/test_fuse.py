@@ -62,6 +62,29 @@ def test_independent_bases_equal_least_squares(setup):
         assert rel_err(out[n], ref[n]) < 1e-6, n
 
 
+def test_concept_tokens_only_carry_the_lora_delta(setup):
+    """lora_tokens=concept (deviation): the prefix before the phrase targets W0 M_k e, the rest W0 M_k e + dW_k e."""
+    concepts, W0, loras, Pt, _ = setup
+    P = Pt.T @ Pt
+    Kc = cfr.prior_term(P, None, 0.3, 0.0)
+    Ms = [cfr.cfr_remap(c.stats.A, c.stats.B, Kc, 0.2) for c in concepts]
+    M = _joint_M(concepts, Kc)
+    terms = [fuse.FusionTerm(Mk, c.stats.G, lo, c.stats.G_concept) for Mk, c, lo in zip(Ms, concepts, loras)]
+    out = fuse.fuse_closed_form(W0, M, terms, cfr.prior_term(P, None, 0.05, 0.0), 0.4)
+    tokens, experts = [], []
+    for Mk, c, lo in zip(Ms, concepts, loras):
+        start = 2  # _problem: positions 0-1 are the shared prefix, the phrase starts at 2
+        tokens += [c.erased[:, :start].reshape(-1, D), c.erased[:, start:].reshape(-1, D)]
+        experts += [{n: W0[n] @ Mk for n in W0},
+                    {n: W0[n] @ Mk + (lora_delta(lo, n) if n in lo.factors else 0) for n in W0}]
+    ref = lstsq_fusion(W0, cfr.refine_weights(W0, M), tokens, experts, 0.4, Pt, 0.05)
+    every = fuse.fuse_closed_form(W0, M, [fuse.FusionTerm(t.base_remap, t.G, t.lora) for t in terms],
+                                  cfr.prior_term(P, None, 0.05, 0.0), 0.4)
+    for n in W0:
+        assert rel_err(out[n], ref[n]) < 1e-6, n
+        assert rel_err(out[n], every[n]) > 1e-3, n  # the prefix's LoRA target made a difference
+
+
 def test_factorised_equals_direct_normal_equation_solve(setup):
     """Both memory routes (low-rank Z and dense C) equal the direct per-layer normal-equation solve."""
     concepts, W0, loras, Pt, _ = setup
