@@ -58,7 +58,11 @@ class MasksConfig(_Section):
         default="attention",
         description="attention (model's own cross-attention, no extra weights) | grounded_sam | none.",
     )
-    attention_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="Relative threshold.")
+    attention_threshold: float = Field(
+        default=0.1, gt=0.0, lt=1.0,
+        description="Relative threshold (of each map's peak); 0.1 scored the best IoU on miniworld renders "
+        "(benchmarks/results/mask_threshold.md: 0.52 against 0.27 at 0.5).",
+    )
     box_threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="GroundingDINO box thr.")
     text_threshold: float = Field(default=0.25, gt=0.0, lt=1.0, description="GroundingDINO text thr.")
     on_empty: Literal["full", "skip"] = Field(
