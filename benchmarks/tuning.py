@@ -1,17 +1,17 @@
 """What was tuned for the miniworld presets: one erase setting under config variants, measured.
 
-    python -m benchmarks.tuning                                   # objects: the default variants below
+    python -m benchmarks.tuning                                   # objects: each class alone, as the quality suite
     python -m benchmarks.tuning --suite identities                # identities: erase 100, keep 100
     python -m benchmarks.tuning --variant '{"cfr": {"lam": 1000}}' --seeds 4
 
 Each variant is a partial config (sections merged over ``configs/miniworld-<suite>.yaml``), evaluated like the
 quality benchmark (same store, so LoRAs, CFR statistics and evaluation images are shared between variants
 that do not change them).
-- ``objects``: erases airplane, automobile, bird, cat and deer and keeps dog, frog, horse, ship and truck (the
-  last variant also retains them, as the quick start does), as in the quality benchmark's ablation suite.
+- ``objects``: erases each of the 10 classes alone, keeping (and retaining) the other 9, exactly as the
+  quality benchmark's objects suite; a row is the mean over the 10 classes.
 - ``identities``: erases identities 100-199 and keeps (and retains) 0-99, the quality benchmark's hardest
   identity setting.
-Writes ``benchmarks/results/tuning.json`` and ``tuning.md`` (``tuning_identities.*`` for identities).
+Writes ``benchmarks/results/tuning_<suite>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -25,18 +25,13 @@ from benchmarks.quality import RESULTS, erase, evaluate, identity_concept, make_
 from miniworld.world import IDENTITIES, OBJECT_CLASSES
 
 OBJECT_VARIANTS: tuple[dict, ...] = (
-    {},  # the shipped preset: lam 1000 on CFR and fusion, no prior
-    {"cfr": {"lam": 100.0}, "fusion": {"lam": 100.0}},  # the preset before tuning
-    {"cfr": {"lam": 1000.0}, "fusion": {"lam": 100.0}},
-    {"lora": {"enabled": False}},
-    {"lora": {"enabled": False}, "cfr": {"lam": 100.0}},
-    {"lora": {"enabled": False}, "cfr": {"lam": 10000.0}},
-    {"lora": {"enabled": False}, "cfr": {"prior_weight": 0.001}},
-    {"cfr": {"prior_weight": 0.001}, "fusion": {"prior_weight": 0.001}},
-    # the quick start's setting: retain the kept classes (domain prior) plus a light 10k-caption general prior
-    {"prior": {"max_captions": 10000, "retain": list(OBJECT_CLASSES[5:])},
-     "cfr": {"lam": 100.0, "prior_weight": 0.0002, "domain_weight": 250.0},
-     "fusion": {"lam": 100.0, "prior_weight": 0.0002, "domain_weight": 250.0}},
+    {},  # the shipped preset: 200 LoRA steps at lr 1e-3, masks at 0.1, fusion domain weight 1000, lora_tokens concept
+    {"fusion": {"domain_weight": 250.0}},
+    {"fusion": {"domain_weight": 4000.0}},
+    {"lora": {"steps": 400}, "fusion": {"domain_weight": 2000.0}},
+    {"fusion": {"lora_tokens": "all"}},  # the paper's fusion targets: every token of the erased prompts
+    {"masks": {"attention_threshold": 0.5}},  # the masker's threshold before benchmarks/mask_threshold.py
+    {"prior": {"retain": []}},  # no domain prior: only the 10k-caption general prior protects the kept classes
 )
 IDENTITY_VARIANTS: tuple[dict, ...] = (
     {},  # the shipped preset: CFR domain weight 50, fusion domain weight 5000, prior weight 0.001, lam 0
@@ -53,11 +48,10 @@ IDENTITY_VARIANTS: tuple[dict, ...] = (
 
 @dataclass(frozen=True)
 class Setting:
-    """One tuning setting: what is erased and kept, the sections every variant shares, and how it is reported."""
+    """One tuning setting: its cases (erased, kept, the sections every variant shares), and how it is reported.
+    A variant's row is the mean of its cases' metrics."""
 
-    erased: list[dict]
-    kept: list[dict]
-    shared: dict
+    cases: list[tuple[list[dict], list[dict], dict]]
     variants: tuple[dict, ...]
     keys: tuple[str, ...]  # the metrics of its table
     what: str  # its table's description of the concepts
@@ -67,13 +61,29 @@ class Setting:
 def setting(suite: str) -> Setting:
     """The tuning setting of ``suite`` (objects or identities)."""
     if suite == "objects":
-        return Setting([object_concept(c) for c in OBJECT_CLASSES[:5]], [object_concept(c) for c in OBJECT_CLASSES[5:]],
-                       {}, OBJECT_VARIANTS, ("acc_e", "acc_s", "acc_g", "h_o"),
-                       f"Erased: {', '.join(OBJECT_CLASSES[:5])}; kept: the other 5.", "tuning")
+        cases = []
+        for c in OBJECT_CLASSES:
+            kept = [object_concept(k) for k in OBJECT_CLASSES if k != c]
+            cases.append(([object_concept(c)], kept, {"prior": retain(kept)}))
+        return Setting(cases, OBJECT_VARIANTS, ("acc_e", "acc_s", "acc_g", "h_o"),
+                       "Each class erased alone; kept and retained: the other 9; mean over the 10 classes.",
+                       "tuning_objects")
     kept = [identity_concept(n) for n in IDENTITIES[:100]]
     erased = [identity_concept(n) for n in IDENTITIES[100:200]]
-    return Setting(erased, kept, {"prior": retain(kept)}, IDENTITY_VARIANTS, ("acc_e", "acc_s", "h_c"),
+    return Setting([(erased, kept, {"prior": retain(kept)})], IDENTITY_VARIANTS, ("acc_e", "acc_s", "h_c"),
                    "Erased: identities 100-199; kept and retained: identities 0-99.", "tuning_identities")
+
+
+def mean_row(rows: list[dict]) -> dict:
+    """One row of several cases: the mean of each metric (None where a case lacks it), seconds summed."""
+    if len(rows) == 1:
+        return rows[0]
+    out = dict(rows[0])
+    for k, v in rows[0].items():
+        if isinstance(v, (int, float)) and k != "setting":
+            values = [r[k] for r in rows if r.get(k) is not None]
+            out[k] = round(sum(values) / len(values), 1) if k not in ("erase_s", "lora_misses") else sum(values)
+    return out
 
 
 def merged(base: dict, over: dict) -> dict:
@@ -93,22 +103,27 @@ def main() -> None:
     rows, reference = [], None
     for i, over in enumerate(variants):
         label = json.dumps(over, sort_keys=True) if over else "preset"
-        name = f"q-tuning-{i}" if args.suite == "objects" else f"q-tuning-{args.suite}-{i}"
-        report, s = erase(make_config(args.suite, name, st.erased, args.store, **merged(st.shared, over)))
-        ev = evaluate(report.output, st.erased, st.kept, args.seeds, args.store)
-        rows.append(row(label, report, ev, s))
-        reference = row("original model", None, ev, None, "reference_metrics")
+        name = f"q-tuning-{args.suite}-{i}"
+        case_rows, case_refs = [], []
+        for j, (erased, kept, shared) in enumerate(st.cases):
+            case = name if len(st.cases) == 1 else f"{name}-{j}"
+            report, s = erase(make_config(args.suite, case, erased, args.store, **merged(shared, over)))
+            ev = evaluate(report.output, erased, kept, args.seeds, args.store)
+            case_rows.append(row(label, report, ev, s))
+            case_refs.append(row("original model", None, ev, None, "reference_metrics"))
+        rows.append(mean_row(case_rows))
+        reference = mean_row(case_refs)
         print(rows[-1], flush=True)
     from miniworld.paths import PIPELINE_DIR
     from tasks._cache import files_digest
 
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": args.seeds, "rows": rows, "reference": reference,
-              "model_digest": files_digest(PIPELINE_DIR), "erased": [c["name"] for c in st.erased],
+              "model_digest": files_digest(PIPELINE_DIR), "erased": [[c["name"] for c in e] for e, _, _ in st.cases],
               "command": "python -m benchmarks.tuning" + (f" --suite {args.suite}" if args.suite != "objects" else "")
               + (f" --seeds {args.seeds}" if args.seeds != 4 else "")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{st.stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = [f"# {args.suite.capitalize()} preset: variants tried", "",
+    md = [f"# {args.suite.capitalize()}: preset variants tried", "",
           f"`{result['command']}` ({result['date']}, {args.seeds} seeds per prompt, model {result['model_digest'][:12]}). "
           f"{st.what} Accuracies in %.", "",
           "| variant | " + " | ".join(st.keys) + " |", "|---|" + "---|" * len(st.keys)]
