@@ -120,7 +120,8 @@ def main() -> None:
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": args.seeds, "rows": rows, "reference": reference,
               "model_digest": files_digest(PIPELINE_DIR), "erased": [[c["name"] for c in e] for e, _, _ in st.cases],
               "command": "python -m benchmarks.tuning" + (f" --suite {args.suite}" if args.suite != "objects" else "")
-              + (f" --seeds {args.seeds}" if args.seeds != 4 else "")}
+              + (f" --seeds {args.seeds}" if args.seeds != 4 else "")
+              + "".join(f" --variant '{v}'" for v in args.variant or ())}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{st.stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     md = [f"# {args.suite.capitalize()}: preset variants tried", "",
