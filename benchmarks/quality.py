@@ -11,7 +11,7 @@ prior's retain list (for objects a deliberate change: the paper's CIFAR-10 runs 
 - ``objects``: erase each of the 10 object classes alone (kept: the other 9; synonyms: Acc_g) -> H_o per class;
   and all 10 together (Acc_e, Acc_g; no kept class is left, so no H_o).
 - ``ablation``: erase 5 classes (kept: the other 5) with CFR only, LoRA only, naive fusion, full MACE, and full
-  MACE with the ``joint`` LoRA base.
+  MACE with the ``joint`` LoRA base. The fusion domain weight is the objects preset's (tuned for one class) x 5.
 - ``identities``: erase the first N of identities 100-199 (N in --identities) keeping identities 0-99 -> H_c.
   The fusion domain weight is the preset's (tuned at N=100) scaled by N/100.
 - ``styles``: erase 10 styles keeping the other 10: style-head accuracy and CLIP_e / CLIP_s / H_a from the
@@ -149,7 +149,10 @@ def suite_ablation(store: str, seeds: int) -> dict:
     rows, ev, outputs = [], None, {}
     for label, over in variants.items():
         slug = label.split(" (")[0].lower().replace(" ", "-") + ("-joint" if "joint" in label else "")
-        report, s = erase(make_config("objects", f"q-ablation-{slug}", erased, store, **({"prior": retain(kept)} | over)))
+        # the objects preset's fusion domain weight is tuned for one class: scaled to the 5 erased here
+        fusion = {"domain_weight": scaled_domain_weight("objects", len(erased), tuned_at=1)} | over.get("fusion", {})
+        report, s = erase(make_config("objects", f"q-ablation-{slug}", erased, store,
+                                      **({"prior": retain(kept)} | over | {"fusion": fusion})))
         ev = evaluate(report.output, erased, kept, seeds, store)
         rows.append(row(label, report, ev, s))
         outputs[label] = report.output
@@ -157,8 +160,8 @@ def suite_ablation(store: str, seeds: int) -> dict:
             "reference": row("original model", None, ev, None, "reference_metrics")}
 
 
-def identity_domain_weight(n: int) -> float:
-    """The fusion domain weight for erasing ``n`` identities: the preset's (tuned at 100) scaled by ``n / 100``.
+def scaled_domain_weight(preset: str, n: int, tuned_at: int) -> float:
+    """The preset's fusion domain weight (tuned for erasing ``tuned_at`` concepts) scaled to ``n`` erased concepts.
 
     Fusion balances the erased concepts' Gram (a sum over the ``n`` concepts) against the prior term; scaling the
     domain weight with ``n`` keeps that balance. The official celebrity configs also grow it with the count
@@ -166,8 +169,8 @@ def identity_domain_weight(n: int) -> float:
     identities recognised on the miniworld."""
     from mace_cli.config_io import read_mapping
 
-    tuned = float(read_mapping(PRESETS / "miniworld-identities.yaml")["fusion"]["domain_weight"])
-    return round(tuned * n / 100, 6)
+    tuned = float(read_mapping(PRESETS / f"miniworld-{preset}.yaml")["fusion"]["domain_weight"])
+    return round(tuned * n / tuned_at, 6)
 
 
 def suite_identities(store: str, seeds: int, counts: list[int]) -> dict:
@@ -177,7 +180,7 @@ def suite_identities(store: str, seeds: int, counts: list[int]) -> dict:
     rows, refs = [], []
     for n in counts:
         erased = [identity_concept(x) for x in IDENTITIES[100:100 + n]]
-        fusion = {"domain_weight": identity_domain_weight(n)}
+        fusion = {"domain_weight": scaled_domain_weight("identities", n, tuned_at=100)}
         report, s = erase(make_config("identities", f"q-identities-{n}", erased, store, prior=retain(kept),
                                       fusion=fusion))
         ev = evaluate(report.output, erased, kept, seeds, store)
