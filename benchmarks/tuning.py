@@ -30,8 +30,6 @@ OBJECT_VARIANTS: tuple[dict, ...] = (
     {"fusion": {"domain_weight": 4000.0}},
     {"lora": {"steps": 400}, "fusion": {"domain_weight": 2000.0}},
     {"fusion": {"lora_tokens": "all"}},  # the paper's fusion targets: every token of the erased prompts
-    {"masks": {"attention_threshold": 0.5}},  # the masker's threshold before benchmarks/mask_threshold.py
-    {"prior": {"retain": []}},  # no domain prior: only the 10k-caption general prior protects the kept classes
 )
 IDENTITY_VARIANTS: tuple[dict, ...] = (
     {},  # the shipped preset: CFR domain weight 50, fusion domain weight 5000, prior weight 0.001, lam 0
