@@ -16,7 +16,6 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.quality import RESULTS
 
@@ -24,7 +23,7 @@ THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 
 
 def main() -> None:
-    from mace_core.masks import attention_saliency, mask_iou
+    from mace_core.masks import attention_saliency, mask_iou, smooth_saliency
     from miniworld.prompts import object_prompt
     from miniworld.quality import _heldout_renders, _images, _masks, load_pipeline
 
@@ -35,11 +34,8 @@ def main() -> None:
     picked, renders = _heldout_renders(args.n, 1)
     concepts = [s.subjects[0].name for _, s in picked]
     # the masker's own steps (attention_masks): saliency, 3-pixel box smoothing, renormalisation, threshold
-    saliency = attention_saliency(pipe, _images(renders), [object_prompt(c) for c in concepts], concepts,
-                                  torch.Generator().manual_seed(0))
-    smooth = F.avg_pool2d(saliency, 3, stride=1, padding=1, count_include_pad=False).flatten(1)
-    lo, hi = smooth.min(1, keepdim=True).values, smooth.max(1, keepdim=True).values
-    smooth = ((smooth - lo) / (hi - lo).clamp_min(1e-12)).view_as(saliency)
+    smooth = smooth_saliency(attention_saliency(pipe, _images(renders), [object_prompt(c) for c in concepts],
+                                                concepts, torch.Generator().manual_seed(0)), 3)
     truth = _masks(renders, 0)
     constant = (truth.mean(0, keepdim=True) >= 0.5).float().expand_as(truth)
     rows = []

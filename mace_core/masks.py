@@ -122,13 +122,18 @@ def attention_masks(
         raise ValueError(f"threshold={threshold} must lie in (0, 1), e.g. 0.1")
     if smooth < 1 or smooth % 2 == 0:
         raise ValueError(f"smooth={smooth} must be an odd width >= 1, e.g. 3")
-    saliency = attention_saliency(pipe, images, prompts, targets, generator, timesteps)
-    if smooth > 1:
-        saliency = F.avg_pool2d(saliency, smooth, stride=1, padding=smooth // 2, count_include_pad=False)
-        flat = saliency.view(saliency.shape[0], -1)
-        lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-        saliency = ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(saliency)
+    saliency = smooth_saliency(attention_saliency(pipe, images, prompts, targets, generator, timesteps), smooth)
     return (saliency >= threshold).float()
+
+
+def smooth_saliency(saliency: torch.Tensor, smooth: int) -> torch.Tensor:
+    """``[N, 1, H, W]`` maps box-filtered (odd width ``smooth``; 1 = unchanged) and min-max renormalised per map."""
+    if smooth <= 1:
+        return saliency
+    saliency = F.avg_pool2d(saliency, smooth, stride=1, padding=smooth // 2, count_include_pad=False)
+    flat = saliency.view(saliency.shape[0], -1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(saliency)
 
 
 def mask_iou(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
