@@ -18,9 +18,11 @@ term replaced by ``G_k^C``, the Gram of ``C_k``, when only the tokens ``C_k`` ca
 concept``): ``C_k`` = the concept phrase and the tokens after it. The tokens before the phrase ("a photo of a")
 are, through the causal text encoder, exactly those of every prompt sharing that prefix; the LoRA's change to
 them is a side effect of its rank-1 update (its loss only involves the phrase, EOS and padding), and carrying it
-into the fused weights alters every kept prompt. With ``concept`` those tokens keep ``W0 M_k e``. The official code is the
-``joint`` case ``M_k = M`` for every k (every LoRA trained on the CFR of the whole set). With per-concept bases
-(``independent`` mode: ``M_k`` = CFR of concept k alone) each concept's expert is ``W0 M_k + dW_k``.
+into the fused weights alters every kept prompt. With ``concept`` those tokens keep ``W0 M_k e``.
+
+The official code is the ``joint`` case ``M_k = M`` for every k (every LoRA trained on the CFR of the whole
+set). With per-concept bases (``independent`` mode: ``M_k`` = CFR of concept k alone) each concept's expert is
+``W0 M_k + dW_k``.
 
 Cost: O(d^3) for the shared solve plus one GEMM per layer; the official code instead materialises per-token values
 for all layers of all concepts (spec 5). Extra memory is bounded by one weights-sized float64 buffer, whatever the
