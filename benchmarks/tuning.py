@@ -25,22 +25,21 @@ from benchmarks.quality import RESULTS, erase, evaluate, identity_concept, make_
 from miniworld.world import IDENTITIES, OBJECT_CLASSES
 
 OBJECT_VARIANTS: tuple[dict, ...] = (
-    {},  # the shipped preset: 200 LoRA steps at lr 1e-3, masks at 0.1, fusion domain weight 1000, lora_tokens concept
-    {"fusion": {"domain_weight": 250.0}},
-    {"fusion": {"domain_weight": 4000.0}},
-    {"lora": {"steps": 400}, "fusion": {"domain_weight": 2000.0}},
+    {},  # the shipped preset: 124 prompts (name and synonyms), fusion domain weight 12000, lam 0, lora_tokens concept
+    {"fusion": {"domain_weight": 8000.0}},
+    {"fusion": {"domain_weight": 16000.0}},
+    {"prompts": {"num_prompts": 30}, "fusion": {"domain_weight": 2000.0}},  # the official 30 prompts (no synonyms)
+    {"prompts": {"num_prompts": 30}, "fusion": {"domain_weight": 3000.0}},
+    {"prompts": {"num_prompts": 30}, "fusion": {"domain_weight": 1000.0, "lam": 100.0}},  # the session-9 preset
     {"fusion": {"lora_tokens": "all"}},  # the paper's fusion targets: every token of the erased prompts
 )
 IDENTITY_VARIANTS: tuple[dict, ...] = (
-    {},  # the shipped preset: CFR domain weight 50, fusion domain weight 5000, prior weight 0.001, lam 0
-    {"fusion": {"domain_weight": 50.0}},  # the preset before tuning
-    {"lora": {"enabled": False}},
-    {"fusion": {"domain_weight": 250.0}},
-    {"fusion": {"domain_weight": 1000.0}},
-    {"fusion": {"domain_weight": 20000.0}},
-    {"fusion": {"domain_weight": 50.0, "lam": 100.0}},
-    {"cfr": {"domain_weight": 250.0}, "fusion": {"domain_weight": 250.0}},
-    {"cfr": {"domain_weight": 1000.0}},
+    {},  # the shipped preset: 200 LoRA steps at lr 1e-3, fusion domain weight 3000, lora_tokens concept
+    {"fusion": {"domain_weight": 1500.0}},
+    {"fusion": {"domain_weight": 5000.0}},
+    {"fusion": {"domain_weight": 15000.0}},
+    {"fusion": {"lora_tokens": "all"}},  # the paper's fusion targets
+    {"lora": {"steps": 50}, "fusion": {"domain_weight": 5000.0}},  # session 9: 50 steps
 )
 
 
