@@ -28,10 +28,10 @@ def class_token_embeddings(pipe, classes: list[str]) -> dict[str, tuple[torch.Te
     out = {}
     for c in classes:
         prompt = f"a photo of a {c}"
-        ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-        eos = len(tok(prompt).input_ids) - 1  # BOS ... word EOS: the unpadded length minus one
+        batch = tok(prompt, padding="max_length", max_length=tok.model_max_length, return_tensors="pt")
+        eos = int(batch.attention_mask.sum()) - 1  # BOS ... word EOS: the unpadded length minus one
         with torch.no_grad():
-            h = enc(ids)[0][0]
+            h = enc(batch.input_ids)[0][0]
         out[c] = (h[eos - 1], h[eos])
     return out
 
