@@ -11,9 +11,9 @@ prior's retain list (for objects a deliberate change: the paper's CIFAR-10 runs 
 - ``objects``: erase each of the 10 object classes alone (kept: the other 9; synonyms: Acc_g) -> H_o per class;
   and all 10 together (Acc_e, Acc_g; no kept class is left, so no H_o).
 - ``ablation``: erase 5 classes (kept: the other 5) with CFR only, LoRA only, naive fusion, full MACE, and full
-  MACE with the ``joint`` LoRA base. The fusion domain weight is the objects preset's (tuned for one class) x 5.
+  MACE with the ``joint`` LoRA base. The fusion prior weight is the objects preset's (tuned for one class) x 5.
 - ``identities``: erase the first N of identities 100-199 (N in --identities) keeping identities 0-99 -> H_c.
-  The fusion domain weight is the preset's (tuned at N=100) scaled by N/100.
+  The fusion prior weight is the preset's (tuned at N=100) scaled by N/100.
 - ``styles``: erase 10 styles keeping the other 10: style-head accuracy and CLIP_e / CLIP_s / H_a from the
   miniworld CLIP.
 - ``heldout``: specificity on held-out captions that name no erased class: Fréchet distance on classifier features
@@ -150,8 +150,8 @@ def suite_ablation(store: str, seeds: int) -> dict:
     rows, ev, outputs = [], None, {}
     for label, over in variants.items():
         slug = label.split(" (")[0].lower().replace(" ", "-") + ("-joint" if "joint" in label else "")
-        # the objects preset's fusion domain weight is tuned for one class: scaled to the 5 erased here
-        fusion = {"domain_weight": scaled_domain_weight("objects", len(erased), tuned_at=1)} | over.get("fusion", {})
+        # the objects preset's fusion prior is tuned for one class: scaled to the 5 erased here
+        fusion = {"prior_weight": scaled_prior_weight("objects", len(erased), tuned_at=1)} | over.get("fusion", {})
         report, s = erase(make_config("objects", f"q-ablation-{slug}", erased, store,
                                       **({"prior": retain(kept)} | over | {"fusion": fusion})))
         ev = evaluate(report.output, erased, kept, seeds, store)
@@ -161,17 +161,18 @@ def suite_ablation(store: str, seeds: int) -> dict:
             "reference": row("original model", None, ev, None, "reference_metrics")}
 
 
-def scaled_domain_weight(preset: str, n: int, tuned_at: int) -> float:
-    """The preset's fusion domain weight (tuned for erasing ``tuned_at`` concepts) scaled to ``n`` erased concepts.
+def scaled_prior_weight(preset: str, n: int, tuned_at: int) -> float:
+    """The preset's fusion prior weight (tuned for erasing ``tuned_at`` concepts) scaled to ``n`` erased concepts.
 
-    Fusion balances the erased concepts' Gram (a sum over the ``n`` concepts) against the prior term; scaling the
-    domain weight with ``n`` keeps that balance. The official celebrity configs also grow it with the count
-    (8e3 at 1 to 2e5 at 100, spec section 7); their slower growth, tried first, left 40-50 % of 1-10 erased
-    identities recognised on the miniworld."""
+    Fusion balances the erased concepts' Gram (a sum over the ``n`` concepts) against the prior term
+    ``prior_weight (P + domain_weight D)``; scaling ``prior_weight`` with ``n`` keeps that balance for both the
+    general and the domain prior. The official celebrity configs also grow the prior with the count (8e3 at 1 to
+    2e5 at 100, spec section 7); their slower growth, tried first, left 40-50 % of 1-10 erased identities
+    recognised on the miniworld."""
     from mace_cli.config_io import read_mapping
 
-    tuned = float(read_mapping(PRESETS / f"miniworld-{preset}.yaml")["fusion"]["domain_weight"])
-    return round(tuned * n / tuned_at, 6)
+    tuned = float(read_mapping(PRESETS / f"miniworld-{preset}.yaml")["fusion"]["prior_weight"])
+    return round(tuned * n / tuned_at, 9)
 
 
 def suite_identities(store: str, seeds: int, counts: list[int]) -> dict:
@@ -181,7 +182,7 @@ def suite_identities(store: str, seeds: int, counts: list[int]) -> dict:
     rows, refs = [], []
     for n in counts:
         erased = [identity_concept(x) for x in IDENTITIES[100:100 + n]]
-        fusion = {"domain_weight": scaled_domain_weight("identities", n, tuned_at=100)}
+        fusion = {"prior_weight": scaled_prior_weight("identities", n, tuned_at=100)}
         report, s = erase(make_config("identities", f"q-identities-{n}", erased, store, prior=retain(kept),
                                       fusion=fusion))
         ev = evaluate(report.output, erased, kept, seeds, store)
@@ -247,7 +248,8 @@ def split_heldout(table: Any, erased: list[str], n: int) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def suite_heldout(store: str, erased_model: str, erased: list[str], n: int) -> dict:
+def suite_heldout(store: str, erased_model: str, erased: list[str], n: int,
+                  subsets: tuple[str, ...] = ("unrelated", "erased")) -> dict:
     """Fréchet distance (classifier features) to ground-truth renders, and CLIP score, on held-out captions.
 
     Specificity is measured on captions that name none of the erased concepts (the paper's COCO-30k FID barely
@@ -270,6 +272,8 @@ def suite_heldout(store: str, erased_model: str, erased: list[str], n: int) -> d
     pipes = {label: load_pipeline(path) for label, path in (("original", "miniworld"), ("erased", erased_model))}
     out: dict[str, Any] = {"erased_concepts": erased}
     for subset, table in split_heldout(pq.read_table(HELDOUT_CAPTIONS_PATH), erased, n).items():
+        if subset not in subsets:
+            continue
         captions = table.column("caption").to_pylist()
         renders = torch.from_numpy(render_table(table, 1)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
         ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids

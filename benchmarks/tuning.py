@@ -2,6 +2,7 @@
 
     python -m benchmarks.tuning                                   # objects: each class alone, as the quality suite
     python -m benchmarks.tuning --suite identities                # identities: erase 100, keep 100
+    python -m benchmarks.tuning --suite prior                     # objects: the fusion priors vs held-out captions
     python -m benchmarks.tuning --variant '{"cfr": {"lam": 1000}}' --seeds 4
 
 Each variant is a partial config (sections merged over ``configs/miniworld-<suite>.yaml``), evaluated like the
@@ -11,6 +12,10 @@ that do not change them).
   quality benchmark's objects suite; a row is the mean over the 10 classes.
 - ``identities``: erases identities 100-199 and keeps (and retains) 0-99, the quality benchmark's hardest
   identity setting.
+- ``prior``: the quality benchmark's ablation setting (5 objects erased, the other 5 kept and retained, fusion
+  prior weight scaled x5) under the fusion's general (``prior_weight``) and domain (``prior_weight x
+  domain_weight``) prior coefficients; each row adds the Fréchet distance and CLIP score on 200 held-out
+  captions that name no erased class (the quality benchmark's specificity set), which H_o alone does not see.
 Writes ``benchmarks/results/tuning_<suite>.json`` and ``.md``.
 """
 
@@ -21,17 +26,28 @@ import json
 import time
 from dataclasses import dataclass
 
-from benchmarks.quality import RESULTS, erase, evaluate, identity_concept, make_config, object_concept, retain, row
+from benchmarks.quality import (RESULTS, erase, evaluate, identity_concept, make_config, object_concept, retain, row,
+                                scaled_prior_weight, suite_heldout)
 from miniworld.world import IDENTITIES, OBJECT_CLASSES
 
 OBJECT_VARIANTS: tuple[dict, ...] = (
-    {},  # the shipped preset: 124 prompts (name and synonyms), fusion domain weight 12000, lam 0, lora_tokens concept
-    {"fusion": {"domain_weight": 8000.0}},
-    {"fusion": {"domain_weight": 16000.0}},
-    {"prompts": {"num_prompts": 30}, "fusion": {"domain_weight": 2000.0}},  # the official 30 prompts (no synonyms)
-    {"prompts": {"num_prompts": 30}, "fusion": {"domain_weight": 3000.0}},
-    {"prompts": {"num_prompts": 30}, "fusion": {"domain_weight": 1000.0, "lam": 100.0}},  # the session-9 preset
+    {},  # the shipped preset: 124 prompts (name and synonyms), fusion prior 0.004 x (P + 600 D), lam 0, concept tokens
+    {"fusion": {"prior_weight": 0.002, "domain_weight": 1200.0}},  # general prior halved, same domain coefficient
+    {"fusion": {"prior_weight": 0.004, "domain_weight": 300.0}},  # domain coefficient halved
+    {"fusion": {"prior_weight": 0.0002, "domain_weight": 12000.0}},  # session 10: the official-scale general prior
+    {"prompts": {"num_prompts": 30}},  # the official 30 prompt pairs (no synonyms)
+    {"prompts": {"num_prompts": 30}, "fusion": {"prior_weight": 0.0002, "domain_weight": 1000.0, "lam": 100.0}},  # session 9
     {"fusion": {"lora_tokens": "all"}},  # the paper's fusion targets: every token of the erased prompts
+)
+# The ablation's 5 erased classes: general and domain prior coefficients (x5 for the 5 erased) against held-out
+# specificity. The preset is P 0.02, D 12 here.
+PRIOR_VARIANTS: tuple[dict, ...] = (
+    {},
+    {"fusion": {"prior_weight": 0.0002, "domain_weight": 60000.0}},  # session 10's quality run (general prior 100x lighter)
+    {"fusion": {"prior_weight": 0.01, "domain_weight": 1200.0}},
+    {"fusion": {"prior_weight": 0.05, "domain_weight": 240.0}},
+    {"fusion": {"prior_weight": 0.02, "domain_weight": 1500.0}},  # domain coefficient 30
+    {"fusion": {"prior_weight": 0.0002, "domain_weight": 60000.0, "lam": 100.0}},  # the same with lam 100
 )
 IDENTITY_VARIANTS: tuple[dict, ...] = (
     {},  # the shipped preset: 200 LoRA steps at lr 1e-3, fusion domain weight 3000, lora_tokens concept
@@ -53,6 +69,8 @@ class Setting:
     keys: tuple[str, ...]  # the metrics of its table
     what: str  # its table's description of the concepts
     stem: str  # results file name, without extension
+    heldout: bool = False  # also score the held-out captions that name no erased concept
+    preset: str = ""  # configs/miniworld-<preset>.yaml; "" = the suite's own
 
 
 def setting(suite: str) -> Setting:
@@ -65,6 +83,16 @@ def setting(suite: str) -> Setting:
         return Setting(cases, OBJECT_VARIANTS, ("acc_e", "acc_s", "acc_g", "h_o"),
                        "Each class erased alone; kept and retained: the other 9; mean over the 10 classes.",
                        "tuning_objects")
+    if suite == "prior":
+        erased = [object_concept(c) for c in OBJECT_CLASSES[:5]]
+        kept = [object_concept(c) for c in OBJECT_CLASSES[5:]]
+        shared = {"prior": retain(kept), "fusion": {"prior_weight": scaled_prior_weight("objects", 5, tuned_at=1)}}
+        return Setting([(erased, kept, shared)], PRIOR_VARIANTS,
+                       ("acc_e", "acc_s", "acc_g", "h_o", "frechet_unrelated", "clip_unrelated"),
+                       "Erased: airplane, automobile, bird, cat, deer; kept and retained: the other 5. The last two "
+                       "columns score 200 held-out captions that name no erased class (Fréchet distance on classifier "
+                       "features to their renders, lower is better; miniworld-CLIP score, higher is better).",
+                       "tuning_prior", heldout=True, preset="objects")
     kept = [identity_concept(n) for n in IDENTITIES[:100]]
     erased = [identity_concept(n) for n in IDENTITIES[100:200]]
     return Setting([(erased, kept, {"prior": retain(kept)})], IDENTITY_VARIANTS, ("acc_e", "acc_s", "h_c"),
@@ -90,7 +118,7 @@ def merged(base: dict, over: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", choices=("objects", "identities"), default="objects")
+    ap.add_argument("--suite", choices=("objects", "identities", "prior"), default="objects")
     ap.add_argument("--variant", action="append", default=None, help="a partial config as JSON (repeatable)")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--store", default="artifacts/bench-quality")
@@ -104,10 +132,15 @@ def main() -> None:
         case_rows, case_refs = [], []
         for j, (erased, kept, shared) in enumerate(st.cases):
             case = name if len(st.cases) == 1 else f"{name}-{j}"
-            report, s = erase(make_config(args.suite, case, erased, args.store, **merged(shared, over)))
+            report, s = erase(make_config(st.preset or args.suite, case, erased, args.store, **merged(shared, over)))
             ev = evaluate(report.output, erased, kept, args.seeds, args.store)
             case_rows.append(row(label, report, ev, s))
             case_refs.append(row("original model", None, ev, None, "reference_metrics"))
+            if st.heldout:
+                h = suite_heldout(args.store, report.output, [c["name"] for c in erased], 200, ("unrelated",))
+                for r, model in ((case_rows[-1], "erased"), (case_refs[-1], "original")):
+                    r |= {"frechet_unrelated": h["unrelated"][model]["frechet_to_renders"],
+                          "clip_unrelated": h["unrelated"][model]["clip_score"]}
         rows.append(mean_row(case_rows))
         reference = mean_row(case_refs)
         print(rows[-1], flush=True)
