@@ -1,4 +1,4 @@
-"""The held-out specificity set must not contain the erased concepts (benchmarks/quality.py split_heldout)."""
+"""Helpers of the quality benchmark: the held-out specificity split and the prior scaling (benchmarks/quality.py)."""
 
 import json
 
@@ -37,3 +37,13 @@ def test_real_heldout_set_has_both_parts_for_the_ablation_classes():
     assert parts["unrelated"].num_rows == 200 and parts["erased"].num_rows == 200
     for caption_subjects in parts["unrelated"].column("subjects").to_pylist():
         assert not {s[1] for s in json.loads(caption_subjects)} & set(erased)
+
+
+def test_prior_weight_scales_with_the_number_erased():
+    from benchmarks.quality import PRESETS, scaled_prior_weight
+    from mace_cli.config_io import read_mapping
+
+    tuned = float(read_mapping(PRESETS / "miniworld-objects.yaml")["fusion"]["prior_weight"])
+    assert scaled_prior_weight("objects", 1, tuned_at=1) == tuned
+    assert abs(scaled_prior_weight("objects", 5, tuned_at=1) - 5 * tuned) < 1e-12
+    assert abs(scaled_prior_weight("identities", 10, tuned_at=100) * 10 - scaled_prior_weight("identities", 100, tuned_at=100)) < 1e-12
