@@ -249,11 +249,12 @@ def split_heldout(table: Any, erased: list[str], n: int) -> dict[str, Any]:
 
 @torch.no_grad()
 def suite_heldout(store: str, erased_model: str, erased: list[str], n: int,
-                  subsets: tuple[str, ...] = ("unrelated", "erased")) -> dict:
+                  subsets: tuple[str, ...] = ("unrelated", "erased"), with_original: bool = True) -> dict:
     """Fréchet distance (classifier features) to ground-truth renders, and CLIP score, on held-out captions.
 
     Specificity is measured on captions that name none of the erased concepts (the paper's COCO-30k FID barely
     contains its erased classes); the captions naming an erased class are scored apart, where a change is wanted.
+    ``with_original=False`` skips the original model (its scores depend only on the captions).
     """
     import pyarrow.parquet as pq
     from transformers import CLIPModel
@@ -269,7 +270,8 @@ def suite_heldout(store: str, erased_model: str, erased: list[str], n: int,
     clf = load_classifier()
     clip = CLIPModel.from_pretrained(str(CLIP_DIR)).float().eval()
     tokenizer = load_tokenizer(CLIP_DIR)
-    pipes = {label: load_pipeline(path) for label, path in (("original", "miniworld"), ("erased", erased_model))}
+    models = (("original", "miniworld"),) * with_original + (("erased", erased_model),)
+    pipes = {label: load_pipeline(path) for label, path in models}
     out: dict[str, Any] = {"erased_concepts": erased}
     for subset, table in split_heldout(pq.read_table(HELDOUT_CAPTIONS_PATH), erased, n).items():
         if subset not in subsets:
