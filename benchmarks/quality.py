@@ -243,7 +243,8 @@ def split_heldout(table: Any, erased: list[str], n: int) -> dict[str, Any]:
     ("erased": efficacy), by the captions' ground-truth subject labels."""
     names = set(erased)
     hit = [any(s[1] in names for s in json.loads(r)) for r in table.column("subjects").to_pylist()]
-    picked = {"unrelated": [i for i, h in enumerate(hit) if not h][:n], "erased": [i for i, h in enumerate(hit) if h][:n]}
+    picked = {"unrelated": [i for i, h in enumerate(hit) if not h][:n],
+              "erased": [i for i, h in enumerate(hit) if h][:n]}
     return {k: table.take(v) for k, v in picked.items()}
 
 

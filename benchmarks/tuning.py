@@ -5,9 +5,9 @@
     python -m benchmarks.tuning --suite prior                     # objects: the fusion priors vs held-out captions
     python -m benchmarks.tuning --variant '{"cfr": {"lam": 1000}}' --seeds 4
 
-Each variant is a partial config (sections merged over ``configs/miniworld-<suite>.yaml``), evaluated like the
-quality benchmark (same store, so LoRAs, CFR statistics and evaluation images are shared between variants
-that do not change them).
+Each variant is a partial config (sections merged over ``configs/miniworld-<suite>.yaml``; objects for
+``prior``), evaluated like the quality benchmark (same store, so LoRAs, CFR statistics and evaluation images are
+shared between variants that do not change them).
 - ``objects``: erases each of the 10 classes alone, keeping (and retaining) the other 9, exactly as the
   quality benchmark's objects suite; a row is the mean over the 10 classes.
 - ``identities``: erases identities 100-199 and keeps (and retains) 0-99, the quality benchmark's hardest
@@ -36,14 +36,15 @@ OBJECT_VARIANTS: tuple[dict, ...] = (
     {"fusion": {"prior_weight": 0.004, "domain_weight": 300.0}},  # domain coefficient halved
     {"fusion": {"prior_weight": 0.0002, "domain_weight": 12000.0}},  # session 10: the official-scale general prior
     {"prompts": {"num_prompts": 30}},  # the official 30 prompt pairs (no synonyms)
-    {"prompts": {"num_prompts": 30}, "fusion": {"prior_weight": 0.0002, "domain_weight": 1000.0, "lam": 100.0}},  # session 9
+    # the session-9 preset
+    {"prompts": {"num_prompts": 30}, "fusion": {"prior_weight": 0.0002, "domain_weight": 1000.0, "lam": 100.0}},
     {"fusion": {"lora_tokens": "all"}},  # the paper's fusion targets: every token of the erased prompts
 )
 # The ablation's 5 erased classes: general and domain prior coefficients (x5 for the 5 erased) against held-out
 # specificity. The preset is P 0.02, D 12 here.
 PRIOR_VARIANTS: tuple[dict, ...] = (
     {},
-    {"fusion": {"prior_weight": 0.0002, "domain_weight": 60000.0}},  # session 10's quality run (general prior 100x lighter)
+    {"fusion": {"prior_weight": 0.0002, "domain_weight": 60000.0}},  # session 10's quality run: general prior / 100
     {"fusion": {"prior_weight": 0.01, "domain_weight": 1200.0}},
     {"fusion": {"prior_weight": 0.05, "domain_weight": 240.0}},
     {"fusion": {"prior_weight": 0.02, "domain_weight": 1500.0}},  # domain coefficient 30
