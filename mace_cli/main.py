@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -125,6 +126,44 @@ def quiet_loading(verbose: bool) -> Iterator[None]:
             lib.enable_progress_bar()
 
 
+class StageBars:
+    """Ledger listener drawing one bar per stage (task bodies done / started) and one per running body.
+
+    Task bodies of one stage start in parallel threads, so every update holds one lock: the first two events of a
+    stage must not each create its bar (the second would drop the first's count)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.bars: dict[str, Any] = {}
+        self.totals: dict[str, int] = {}
+        self.inner: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, kind: str, event: Any, info: Any) -> None:
+        with self._lock:
+            self._update(kind, event, info)
+
+    def _update(self, kind: str, event: Any, info: Any) -> None:
+        progress = self.progress
+        if event.stage not in self.bars:
+            self.bars[event.stage] = progress.add_task(event.stage, total=0, note="")
+            self.totals[event.stage] = 0
+        bar = self.bars[event.stage]
+        if kind == "start":
+            self.totals[event.stage] += 1
+            progress.update(bar, total=self.totals[event.stage])
+        elif kind == "end":
+            status = "hit" if event.hit else ("failed" if event.hit is None else "done")
+            progress.update(bar, advance=1, note=f"{event.concept or ''} {status}".strip())
+            if id(event) in self.inner:
+                progress.remove_task(self.inner.pop(id(event)))
+        elif kind == "progress":
+            if id(event) not in self.inner:
+                self.inner[id(event)] = progress.add_task(f"  {event.stage}:{event.concept or ''}"[:14],
+                                                          total=info["total"], note="")
+            progress.update(self.inner[id(event)], completed=info["done"], total=info["total"])
+
+
 @contextlib.contextmanager
 def stage_progress(enabled: bool = True) -> Iterator[None]:
     """Rich progress: one bar per stage (task bodies done / started), fed by the task ledger."""
@@ -135,41 +174,22 @@ def stage_progress(enabled: bool = True) -> Iterator[None]:
         return
     progress = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console, transient=False)
-    bars: dict[str, Any] = {}
-    totals: dict[str, int] = {}
-    inner: dict[int, Any] = {}
-
-    def on_event(kind: str, event: Any, info: Any) -> None:
-        if event.stage not in bars:
-            bars[event.stage] = progress.add_task(event.stage, total=0, note="")
-            totals[event.stage] = 0
-        bar = bars[event.stage]
-        if kind == "start":
-            totals[event.stage] += 1
-            progress.update(bar, total=totals[event.stage])
-        elif kind == "end":
-            status = "hit" if event.hit else ("failed" if event.hit is None else "done")
-            progress.update(bar, advance=1, note=f"{event.concept or ''} {status}".strip())
-            if id(event) in inner:
-                progress.remove_task(inner.pop(id(event)))
-        elif kind == "progress":
-            if id(event) not in inner:
-                inner[id(event)] = progress.add_task(f"  {event.stage}:{event.concept or ''}"[:14],
-                                                     total=info["total"], note="")
-            progress.update(inner[id(event)], completed=info["done"], total=info["total"])
-
+    on_event = StageBars(progress)
     with progress, LEDGER.listening(on_event):
         yield
 
 
 def summary_table(report: Any, wall_s: float) -> Table:
-    """Concepts, cache hits/misses and time per stage, output path."""
+    """Concepts, cache hits/misses and time per stage, output path.
+
+    A stage's time sums its tasks' bodies, which may run concurrently (one per concept), so stages can add up to
+    more than the run's wall time, shown on the total row."""
     table = Table(title=f"run {report.run_id}: {len(report.concepts)} concepts", title_justify="left")
-    for col, just in (("stage", "left"), ("hits", "right"), ("misses", "right"), ("time (s)", "right")):
+    for col, just in (("stage", "left"), ("hits", "right"), ("misses", "right"), ("task time (s)", "right")):
         table.add_column(col, justify=just)
     for r in report.stages:
         table.add_row(r.stage, str(r.hits), str(r.misses), f"{r.seconds:.1f}")
-    table.add_row("total", str(report.hits), str(report.misses), f"{wall_s:.1f}", style="bold")
+    table.add_row("total (wall time)", str(report.hits), str(report.misses), f"{wall_s:.1f}", style="bold")
     table.caption = f"concepts: {', '.join(report.concepts)}\noutput: {report.output}"
     table.caption_justify = "left"
     return table
@@ -402,7 +422,7 @@ def status(run: Annotated[str, typer.Argument(help="Run name.")], store: StoreOp
     console.print(f"output: {out} ({'present' if Path(str(out)).exists() else 'missing'})")
     if meta.get("stages"):
         st_table = Table(title="last run", title_justify="left")
-        for col in ("stage", "hits", "misses", "time (s)"):
+        for col in ("stage", "hits", "misses", "task time (s)"):
             st_table.add_column(col)
         for r in meta["stages"]:
             st_table.add_row(r["stage"], str(r["hits"]), str(r["misses"]), f"{r['seconds']:.1f}")
