@@ -14,8 +14,10 @@ prior's retain list (for objects a deliberate change: the paper's CIFAR-10 runs 
   MACE with the ``joint`` LoRA base. The fusion prior weight is the objects preset's (tuned for one class) x 5.
 - ``identities``: erase the first N of identities 100-199 (N in --identities) keeping identities 0-99 -> H_c.
   The fusion prior weight is the preset's (tuned at N=100) scaled by N/100.
+- ``identity_overlap`` (diagnostic, not in the default run): erase 1, 10, 48 identities keeping 152, with Acc_s and
+  H_c read per kept group: sharing no name part with the erased identities, the first name, or the last name.
 - ``styles``: erase 10 styles keeping the other 10: style-head accuracy and CLIP_e / CLIP_s / H_a from the
-  miniworld CLIP.
+  miniworld CLIP, and the held-out specificity below for the 10-style model.
 - ``heldout``: specificity on held-out captions that name no erased class: Fréchet distance on classifier features
   to the captions' ground-truth renders and CLIP score, original vs the ablation's full MACE model (5 objects
   erased); the captions naming an erased class are scored apart.
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-SUITES = ("objects", "ablation", "identities", "styles", "heldout")
+SUITES = ("objects", "ablation", "identities", "identity_overlap", "styles", "heldout")
 PRESETS = Path(__file__).resolve().parents[1] / "configs"
 OBJECT_MAPPING = "meadow"  # a scene of the world: "a photo of a cat" -> "a photo of a meadow"
 
@@ -191,6 +193,50 @@ def suite_identities(store: str, seeds: int, counts: list[int]) -> dict:
     return {"rows": rows, "reference": refs, "kept": 100}
 
 
+def identity_overlap_split() -> dict[str, list[str]]:
+    """Identities split by the name parts they share with the erased ones (names are first x last name, 25 x 8).
+
+    Erased: first names 13-24 x last names 4-7 (48). Kept: first names 0-12 x last names 0-3 share no name part
+    (52); first names 13-24 x last names 0-3 share the first name (48); first names 0-12 x last names 4-7 share the
+    last name (52)."""
+    from miniworld.world import IDENTITIES
+
+    def part(firsts: range, lasts: range) -> list[str]:
+        return [IDENTITIES[f * 8 + last] for f in firsts for last in lasts]
+
+    early, late, low, high = range(13), range(13, 25), range(4), range(4, 8)
+    return {"erased": part(late, high), "no shared part": part(early, low), "same first name": part(late, low),
+            "same last name": part(early, high)}
+
+
+def suite_identity_overlap(store: str, seeds: int, counts: list[int]) -> dict:
+    """Diagnostic for the identities suite: how much of the kept identities' loss comes from shared name parts.
+
+    One erase per N (the first N of the erased part of ``identity_overlap_split``), all 152 others retained and
+    evaluated; Acc_s and H_c are then read per kept group."""
+    from mace_core.metrics import harmonic_celebrities
+
+    split = identity_overlap_split()
+    groups = [g for g in split if g != "erased"]
+    kept = [identity_concept(n) for g in groups for n in split[g]]
+    rows = []
+    for n in counts:
+        erased = [identity_concept(x) for x in split["erased"][:n]]
+        fusion = {"prior_weight": scaled_prior_weight("identities", n, tuned_at=100)}
+        report, _ = erase(make_config("identities", f"q-identity-overlap-{n}", erased, store, prior=retain(kept),
+                                      fusion=fusion))
+        ev = evaluate(report.output, erased, kept, seeds, store)
+        for label, m in (("erased", ev.metrics), ("original", ev.reference_metrics)):
+            acc = m["per_concept"]["kept"]
+            acc_e = m["accuracy"]["erased"]
+            r = {"n": n, "model": label, "acc_e": pct(acc_e)}
+            for g in groups:
+                acc_s = float(np.mean([acc[name] for name in split[g]]))
+                r[g] = {"acc_s": pct(acc_s), "h_c": pct(harmonic_celebrities(acc_e, acc_s))}
+            rows.append(r)
+    return {"groups": {g: len(split[g]) for g in groups}, "rows": rows}
+
+
 @torch.no_grad()
 def _embeds(out: Any) -> torch.Tensor:
     """The projected CLIP embedding: transformers 5 returns an output whose ``pooler_output`` holds it."""
@@ -225,7 +271,7 @@ def clip_scores(store: str, ref_id: str) -> dict[str, float]:
     return {g: round(float(np.mean(v)), 2) for g, v in out.items()}
 
 
-def suite_styles(store: str, seeds: int) -> dict:
+def suite_styles(store: str, seeds: int, heldout: int) -> dict:
     from miniworld.world import STYLES
 
     erased = [{"name": s, "type": "style", "mapping": "art"} for s in STYLES[:10]]
@@ -235,14 +281,18 @@ def suite_styles(store: str, seeds: int) -> dict:
     after, before = clip_scores(store, ev.model_ref), clip_scores(store, ev.reference_ref)
     h = {k: round(v["kept"] - v["erased"], 2) for k, v in (("after", after), ("before", before))}
     return {"row": row("10 styles", report, ev, s), "reference": row("original", None, ev, None, "reference_metrics"),
-            "clip_after": after, "clip_before": before, "h_a": h}
+            "clip_after": after, "clip_before": before, "h_a": h,
+            "heldout": suite_heldout(store, report.output, [c["name"] for c in erased], heldout)}
 
 
 def split_heldout(table: Any, erased: list[str], n: int) -> dict[str, Any]:
-    """The first ``n`` held-out rows with no erased subject ("unrelated": specificity) and the first ``n`` with one
-    ("erased": efficacy), by the captions' ground-truth subject labels."""
+    """The first ``n`` held-out rows naming no erased concept ("unrelated": specificity) and the first ``n`` naming
+    one ("erased": efficacy), by the captions' ground-truth labels: a subject (object class or identity) or the
+    style."""
     names = set(erased)
-    hit = [any(s[1] in names for s in json.loads(r)) for r in table.column("subjects").to_pylist()]
+    hit = [style in names or any(s[1] in names for s in json.loads(subjects))
+           for subjects, style in zip(table.column("subjects").to_pylist(), table.column("style").to_pylist(),
+                                      strict=True)]
     picked = {"unrelated": [i for i, h in enumerate(hit) if not h][:n],
               "erased": [i for i, h in enumerate(hit) if h][:n]}
     return {k: table.take(v) for k, v in picked.items()}
@@ -307,6 +357,35 @@ def _table(rows: list[dict], cols: list[str]) -> str:
                             for r in rows) + "\n"
 
 
+def _overlap_table(o: dict) -> str:
+    groups = list(o["groups"])
+    md = ["\n## Identities by shared name part (diagnostic)\n\nNames are first x last name (25 x 8), so in the "
+          "identities suite every kept identity shares a name part with some erased one. Here the erased identities "
+          "are first names 13-24 x last names 4-7, and the other 152 are kept (and retained), grouped by what they "
+          "share with the erased ones: "
+          + ", ".join(f"{g} ({k})" for g, k in o["groups"].items()) + ". Acc_s and H_c per group.\n\n"
+          "| erased | model | acc_e | " + " | ".join(f"acc_s, {g} | h_c, {g}" for g in groups) + " |\n"
+          "|---|---|---|" + "---|---|" * len(groups) + "\n"]
+    for r in o["rows"]:
+        md.append(f"| {r['n']} | {r['model']} | {r['acc_e']} | "
+                  + " | ".join(f"{r[g]['acc_s']} | {r[g]['h_c']}" for g in groups) + " |\n")
+    return "".join(md)
+
+
+def _heldout_table(model: str, kind: str, h: dict) -> str:
+    md = [f"\n## Held-out captions: {model} ({', '.join(h['erased_concepts'])} erased)\n\n"
+          f"Specificity: captions naming no erased {kind} (lower Fréchet and higher CLIP are better, the original "
+          f"model is the target). Captions naming an erased {kind} are scored apart: there the erased model should "
+          "move away from the renders.\n\n| captions | model | Fréchet to renders | CLIP score |\n|---|---|---|---|\n"]
+    for subset, title in (("unrelated", f"no erased {kind}"), ("erased", f"naming an erased {kind}")):
+        part = h[subset]
+        for k in ("original", "erased"):
+            md.append(f"| {title} ({part['captions']}) | {k} | {part[k]['frechet_to_renders']} | "
+                      f"{part[k]['clip_score']} |\n")
+        md.append(f"| {title} ({part['captions']}) | ground-truth renders | 0 | {part['renders']['clip_score']} |\n")
+    return "".join(md)
+
+
 def write_report(result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quality.json").write_text(json.dumps(result, indent=1))
@@ -334,24 +413,17 @@ def write_report(result: dict) -> None:
         md.append("\n## Identities: erase N, keep 100 others\n\n")
         md.append(_table(i["rows"] + [r | {"setting": f"original, N={r['n']}"} for r in i["reference"]], cols))
         md.append("\n![H_c vs number of erased identities](quality_identities.png)\n")
+    if "identity_overlap" in result:
+        md.append(_overlap_table(result["identity_overlap"]))
     if "styles" in result:
         s = result["styles"]
         md.append("\n## Styles: erase 10, keep 10\n\n" + _table([s["row"], s["reference"]], cols))
         md.append(f"\nminiworld-CLIP score by group, after: {s['clip_after']}, before: {s['clip_before']}; "
                   f"H_a = CLIP_s - CLIP_e: after {s['h_a']['after']}, before {s['h_a']['before']}\n")
     if "heldout" in result:
-        h = result["heldout"]
-        md.append(f"\n## Held-out captions: the ablation's full MACE model ({', '.join(h['erased_concepts'])} erased)\n\n"
-                  "Specificity: captions naming none of the erased classes (lower Fréchet and higher CLIP are better, "
-                  "the original model is the target). Captions naming an erased class are scored apart: there the "
-                  "erased model should move away from the renders.\n\n"
-                  "| captions | model | Fréchet to renders | CLIP score |\n|---|---|---|---|\n")
-        for subset, title in (("unrelated", "no erased class"), ("erased", "naming an erased class")):
-            part = h[subset]
-            for k in ("original", "erased"):
-                md.append(f"| {title} ({part['captions']}) | {k} | {part[k]['frechet_to_renders']} | "
-                          f"{part[k]['clip_score']} |\n")
-            md.append(f"| {title} ({part['captions']}) | ground-truth renders | 0 | {part['renders']['clip_score']} |\n")
+        md.append(_heldout_table("the ablation's full MACE model", "class", result["heldout"]))
+    if "heldout" in result.get("styles", {}):
+        md.append(_heldout_table("the 10-style model", "style", result["styles"]["heldout"]))
     (RESULTS / "quality.md").write_text("".join(md))
     if "identities" in result:
         import matplotlib
@@ -374,7 +446,8 @@ def write_report(result: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suites", default="objects,ablation,identities,styles,heldout")
+    p.add_argument("--suites", default="objects,ablation,identities,styles,heldout",
+                   help=f"comma-separated, from: {', '.join(SUITES)}")
     p.add_argument("--seeds", type=int, default=4, help="images per evaluation prompt")
     p.add_argument("--object-classes", type=int, default=10, help="classes erased one at a time (10: also all 10)")
     p.add_argument("--identities", default="1,5,10,100", help="identity counts to erase")
@@ -406,8 +479,10 @@ def main() -> None:
             result["ablation"] = suite_ablation(args.store, args.seeds)
         elif suite == "identities":
             result["identities"] = suite_identities(args.store, args.seeds, [int(x) for x in args.identities.split(",")])
+        elif suite == "identity_overlap":
+            result["identity_overlap"] = suite_identity_overlap(args.store, args.seeds, [1, 10, 48])
         elif suite == "styles":
-            result["styles"] = suite_styles(args.store, args.seeds)
+            result["styles"] = suite_styles(args.store, args.seeds, args.heldout)
         elif suite == "heldout":
             model = result.get("ablation", {}).get("outputs", {}).get("full MACE (independent base)")
             if model is None:

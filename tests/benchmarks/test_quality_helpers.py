@@ -7,9 +7,10 @@ import pyarrow as pa
 from benchmarks.quality import split_heldout
 
 
-def _table(subjects: list[list[list]]) -> pa.Table:
+def _table(subjects: list[list[list]], styles: list[str | None] | None = None) -> pa.Table:
     return pa.table({"caption": [f"c{i}" for i in range(len(subjects))],
-                     "subjects": [json.dumps(s) for s in subjects]})
+                     "subjects": [json.dumps(s) for s in subjects],
+                     "style": styles or [None] * len(subjects)})
 
 
 def test_split_separates_captions_by_erased_subject_and_keeps_order():
@@ -18,6 +19,13 @@ def test_split_separates_captions_by_erased_subject_and_keeps_order():
     parts = split_heldout(_table(subjects), ["cat"], n=10)
     assert parts["unrelated"].column("caption").to_pylist() == ["c1", "c2", "c4"]
     assert parts["erased"].column("caption").to_pylist() == ["c0", "c3"]
+
+
+def test_split_counts_a_caption_in_an_erased_style_as_naming_it():
+    subjects = [[["object", "ship", None]]] * 3
+    parts = split_heldout(_table(subjects, ["Ydra Pellucid", None, "Other Style"]), ["Ydra Pellucid"], n=10)
+    assert parts["unrelated"].column("caption").to_pylist() == ["c1", "c2"]
+    assert parts["erased"].column("caption").to_pylist() == ["c0"]
 
 
 def test_split_takes_at_most_n_of_each():
@@ -39,6 +47,19 @@ def test_real_heldout_set_has_both_parts_for_the_ablation_classes():
         assert not {s[1] for s in json.loads(caption_subjects)} & set(erased)
 
 
+def test_real_heldout_set_has_both_parts_for_the_styles_suite():
+    import pyarrow.parquet as pq
+
+    from miniworld.paths import HELDOUT_CAPTIONS_PATH
+    from miniworld.world import STYLES
+
+    erased = list(STYLES[:10])
+    parts = split_heldout(pq.read_table(HELDOUT_CAPTIONS_PATH), erased, n=200)
+    assert parts["unrelated"].num_rows == 200 and parts["erased"].num_rows == 200
+    assert not set(parts["unrelated"].column("style").to_pylist()) & set(erased)
+    assert set(parts["erased"].column("style").to_pylist()) <= set(erased)
+
+
 def test_prior_weight_scales_with_the_number_erased():
     from benchmarks.quality import PRESETS, scaled_prior_weight
     from mace_cli.config_io import read_mapping
@@ -47,3 +68,19 @@ def test_prior_weight_scales_with_the_number_erased():
     assert scaled_prior_weight("objects", 1, tuned_at=1) == tuned
     assert abs(scaled_prior_weight("objects", 5, tuned_at=1) - 5 * tuned) < 1e-12
     assert abs(scaled_prior_weight("identities", 10, tuned_at=100) * 10 - scaled_prior_weight("identities", 100, tuned_at=100)) < 1e-12
+
+
+def test_identity_overlap_groups_share_exactly_the_named_part():
+    from benchmarks.quality import identity_overlap_split
+    from miniworld.world import IDENTITIES
+
+    split = identity_overlap_split()
+    assert {k: len(v) for k, v in split.items()} == {"erased": 48, "no shared part": 52, "same first name": 48,
+                                                     "same last name": 52}
+    assert sorted(n for names in split.values() for n in names) == sorted(IDENTITIES)
+    firsts = {n.split()[0] for n in split["erased"]}
+    lasts = {n.split()[1] for n in split["erased"]}
+    expected = {"no shared part": (False, False), "same first name": (True, False), "same last name": (False, True)}
+    for group, (first, last) in expected.items():
+        for name in split[group]:
+            assert (name.split()[0] in firsts, name.split()[1] in lasts) == (first, last), (group, name)
