@@ -3,6 +3,7 @@
     python -m benchmarks.tuning                                   # objects: each class alone, as the quality suite
     python -m benchmarks.tuning --suite identities                # identities: erase 100, keep 100
     python -m benchmarks.tuning --suite prior                     # objects: the fusion priors vs held-out captions
+    python -m benchmarks.tuning --suite identities_count --count 1  # identities: erase N, the prior's scale
     python -m benchmarks.tuning --variant '{"cfr": {"lam": 1000}}' --seeds 4
 
 Each variant is a partial config (sections merged over ``configs/miniworld-<suite>.yaml``; objects for
@@ -16,6 +17,9 @@ shared between variants that do not change them).
   prior weight scaled x5) under the fusion's general (``prior_weight``) and domain (``prior_weight x
   domain_weight``) prior coefficients; each row adds the Fréchet distance and CLIP score on 200 held-out
   captions that name no erased class (the quality benchmark's specificity set), which H_o alone does not see.
+- ``identities_count``: the quality benchmark's identity setting at ``--count`` N (the first N of identities
+  100-199 erased, 0-99 kept and retained), with the fusion prior weight at the benchmark's N/100 scaling times a
+  factor (a variant's ``prior_scale``): is the scaling too light when few are erased?
 Writes ``benchmarks/results/tuning_<suite>.json`` and ``.md``.
 """
 
@@ -60,6 +64,8 @@ IDENTITY_VARIANTS: tuple[dict, ...] = (
     {"fusion": {"prior_weight": 0.01, "domain_weight": 300.0}},  # 10x the general prior, same domain coefficient 3
     {"fusion": {"prior_weight": 0.05, "domain_weight": 60.0}},  # 50x
 )
+# identities_count: factors on the N/100-scaled fusion prior weight (both priors)
+IDENTITY_COUNT_VARIANTS: tuple[dict, ...] = ({}, {"prior_scale": 2.0}, {"prior_scale": 4.0}, {"prior_scale": 16.0})
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,8 @@ class Setting:
     preset: str = ""  # configs/miniworld-<preset>.yaml; "" = the suite's own
 
 
-def setting(suite: str) -> Setting:
-    """The tuning setting of ``suite`` (objects or identities)."""
+def setting(suite: str, count: int = 1) -> Setting:
+    """The tuning setting of ``suite`` (``count``: identities erased, for ``identities_count``)."""
     if suite == "objects":
         cases = []
         for c in OBJECT_CLASSES:
@@ -97,6 +103,13 @@ def setting(suite: str) -> Setting:
                        "features to their renders, lower is better; miniworld-CLIP score, higher is better).",
                        "tuning_prior", heldout=True, preset="objects")
     kept = [identity_concept(n) for n in IDENTITIES[:100]]
+    if suite == "identities_count":
+        erased = [identity_concept(n) for n in IDENTITIES[100:100 + count]]
+        shared = {"prior": retain(kept), "fusion": {"prior_weight": scaled_prior_weight("identities", count, 100)}}
+        return Setting([(erased, kept, shared)], IDENTITY_COUNT_VARIANTS, ("acc_e", "acc_s", "h_c"),
+                       f"Erased: {'identity 100' if count == 1 else f'identities 100-{99 + count}'}; kept and retained: identities 0-99. prior_scale multiplies "
+                       f"the fusion prior weight of the N/100 scaling ({shared['fusion']['prior_weight']:g} here).",
+                       f"tuning_identities_{count}", preset="identities")
     erased = [identity_concept(n) for n in IDENTITIES[100:200]]
     return Setting([(erased, kept, {"prior": retain(kept)})], IDENTITY_VARIANTS,
                    ("acc_e", "acc_s", "h_c", "frechet_unrelated", "clip_unrelated"),
@@ -119,18 +132,25 @@ def mean_row(rows: list[dict]) -> dict:
 
 
 def merged(base: dict, over: dict) -> dict:
-    """``over``'s sections merged field by field over ``base``'s."""
-    return base | {k: {**base.get(k, {}), **v} for k, v in over.items()}
+    """``over``'s sections merged field by field over ``base``'s; ``prior_scale`` multiplies the merged fusion prior
+    weight."""
+    over = dict(over)
+    scale = over.pop("prior_scale", 1.0)
+    out = base | {k: {**base.get(k, {}), **v} for k, v in over.items()}
+    if scale != 1.0:
+        out["fusion"] = {**out["fusion"], "prior_weight": round(out["fusion"]["prior_weight"] * scale, 12)}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", choices=("objects", "identities", "prior"), default="objects")
+    ap.add_argument("--suite", choices=("objects", "identities", "prior", "identities_count"), default="objects")
+    ap.add_argument("--count", type=int, default=1, help="identities erased (identities_count)")
     ap.add_argument("--variant", action="append", default=None, help="a partial config as JSON (repeatable)")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--store", default="artifacts/bench-quality")
     args = ap.parse_args()
-    st = setting(args.suite)
+    st = setting(args.suite, args.count)
     variants = [json.loads(v) for v in args.variant] if args.variant else list(st.variants)
     rows, reference, original = [], None, {}
     for i, over in enumerate(variants):
@@ -158,11 +178,12 @@ def main() -> None:
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": args.seeds, "rows": rows, "reference": reference,
               "model_digest": files_digest(PIPELINE_DIR), "erased": [[c["name"] for c in e] for e, _, _ in st.cases],
               "command": "python -m benchmarks.tuning" + (f" --suite {args.suite}" if args.suite != "objects" else "")
+              + (f" --count {args.count}" if args.suite == "identities_count" else "")
               + (f" --seeds {args.seeds}" if args.seeds != 4 else "")
               + "".join(f" --variant '{v}'" for v in args.variant or ())}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{st.stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = [f"# {args.suite.capitalize()}: preset variants tried", "",
+    md = [f"# {args.suite.capitalize().replace('_', ' ')}: preset variants tried", "",
           f"`{result['command']}` ({result['date']}, {args.seeds} seeds per prompt, model {result['model_digest'][:12]}). "
           f"{st.what} Accuracies in %.", "",
           "| variant | " + " | ".join(st.keys) + " |", "|---|" + "---|" * len(st.keys)]

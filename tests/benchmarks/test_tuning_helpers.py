@@ -1,0 +1,27 @@
+"""``benchmarks.tuning.merged``: how a variant is laid over a setting's shared sections."""
+
+from benchmarks.tuning import merged, setting
+
+
+def test_a_variant_overrides_fields_and_keeps_the_rest():
+    base = {"fusion": {"prior_weight": 0.001, "domain_weight": 3000.0}, "prior": {"retain": ["a"]}}
+    out = merged(base, {"fusion": {"domain_weight": 50.0}})
+    assert out == {"fusion": {"prior_weight": 0.001, "domain_weight": 50.0}, "prior": {"retain": ["a"]}}
+    assert base["fusion"]["domain_weight"] == 3000.0  # the shared sections are not mutated
+
+
+def test_prior_scale_multiplies_the_merged_fusion_prior_weight():
+    base = {"fusion": {"prior_weight": 1e-5, "domain_weight": 3000.0}}
+    out = merged(base, {"prior_scale": 4.0})
+    assert "prior_scale" not in out and abs(out["fusion"]["prior_weight"] - 4e-5) < 1e-15
+    assert out["fusion"]["domain_weight"] == 3000.0
+    assert merged(base, {"prior_scale": 2.0, "fusion": {"prior_weight": 1e-3}})["fusion"]["prior_weight"] == 2e-3
+
+
+def test_identities_count_setting_scales_the_prior_with_the_count():
+    one, ten = setting("identities_count", 1), setting("identities_count", 10)
+    (erased1, kept1, shared1), = one.cases
+    (erased10, _, shared10), = ten.cases
+    assert len(erased1) == 1 and len(erased10) == 10 and len(kept1) == 100
+    assert not {c["name"] for c in erased10} & {c["name"] for c in kept1}
+    assert abs(shared10["fusion"]["prior_weight"] - 10 * shared1["fusion"]["prior_weight"]) < 1e-12
