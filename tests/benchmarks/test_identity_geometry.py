@@ -36,3 +36,14 @@ def test_unstructured_embeddings_score_low_on_every_structure_figure():
     assert out["erased_r2_from_kept_mean"] < 0.6  # 100 kept directions of 256 explain about 100/256
     assert out["dims_90"] > 50
     assert abs(out["mean_pair_cos"]) < 0.05
+
+
+def test_swap_context_replaces_exactly_the_named_span():
+    from benchmarks.class_tokens import CONTEXT_SWAPS, swap_context
+
+    own, anchor = torch.zeros(10, 3), torch.ones(10, 3)
+    taken = {s: swap_context(own, anchor, name_start=4, eos=7, swap=s)[:, 0].nonzero().flatten().tolist()
+             for s in CONTEXT_SWAPS}
+    assert taken == {"none": [], "name": [4, 5, 6], "tail": [7, 8, 9], "padding": [8, 9],
+                     "through_eos": list(range(8))}
+    assert own.sum() == 0  # the input is not modified
