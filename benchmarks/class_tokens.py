@@ -15,7 +15,7 @@ identity from: 20 identities are generated (4 seeds) from their own context with
 the anchor prompt's ("a portrait of a person") at the same positions, and the classifier says how many are still
 the identity.
 
-Run:  python -m benchmarks.class_tokens   (writes benchmarks/results/class_tokens.{json,md}; ~10 s)
+Run:  python -m benchmarks.class_tokens   (writes benchmarks/results/class_tokens.{json,md}; ~1 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def main() -> None:
     result["identities_random_baseline"] = rnd = identity_geometry(noise, list(IDENTITIES))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "class_tokens.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = ["# Object classes in the text encoder: word and EOS embeddings", "",
+    md = ["# Object classes and identities in the text encoder", "", "## Object classes: word and EOS embeddings", "",
           f"`{result['command']}` ({result['date']}, model {result['model_digest'][:12]}). Cosine similarity of the "
           "class word's and the EOS token's embeddings in \"a photo of a <class>\", for each pair of classes.", "",
           f"Mean over pairs of animals ({', '.join(ANIMALS)}): word {summary['word_cos_animals']}, EOS "

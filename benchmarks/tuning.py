@@ -107,8 +107,9 @@ def setting(suite: str, count: int = 1) -> Setting:
         erased = [identity_concept(n) for n in IDENTITIES[100:100 + count]]
         shared = {"prior": retain(kept), "fusion": {"prior_weight": scaled_prior_weight("identities", count, 100)}}
         return Setting([(erased, kept, shared)], IDENTITY_COUNT_VARIANTS, ("acc_e", "acc_s", "h_c"),
-                       f"Erased: {'identity 100' if count == 1 else f'identities 100-{99 + count}'}; kept and retained: identities 0-99. prior_scale multiplies "
-                       f"the fusion prior weight of the N/100 scaling ({shared['fusion']['prior_weight']:g} here).",
+                       f"Erased: {'identity 100' if count == 1 else f'identities 100-{99 + count}'}; kept and retained: "
+                       f"identities 0-99. prior_scale multiplies the fusion prior weight of the N/100 scaling "
+                       f"({shared['fusion']['prior_weight']:g} here).",
                        f"tuning_identities_{count}", preset="identities")
     erased = [identity_concept(n) for n in IDENTITIES[100:200]]
     return Setting([(erased, kept, {"prior": retain(kept)})], IDENTITY_VARIANTS,
