@@ -16,8 +16,8 @@ prior's retain list (for objects a deliberate change: the paper's CIFAR-10 runs 
   The fusion prior weight is the preset's (tuned at N=100) scaled by N/100.
 - ``identity_overlap`` (diagnostic, not in the default run): erase 1, 10, 48 identities keeping 152, with Acc_s and
   H_c read per kept group: sharing no name part with the erased identities, the first name, or the last name.
-- ``styles``: erase 10 styles keeping the other 10: style-head accuracy and CLIP_e / CLIP_s / H_a from the
-  miniworld CLIP, and the held-out specificity below for the 10-style model.
+- ``styles``: erase 10, 15 and 20 of the 20 styles keeping the rest: style-head accuracy and CLIP_e / CLIP_s / H_a
+  from the miniworld CLIP, and the held-out specificity below for the 10-style model.
 - ``heldout``: specificity on held-out captions that name no erased class: Fréchet distance on classifier features
   to the captions' ground-truth renders and CLIP score, original vs the ablation's full MACE model (5 objects
   erased); the captions naming an erased class are scored apart.
@@ -271,18 +271,32 @@ def clip_scores(store: str, ref_id: str) -> dict[str, float]:
     return {g: round(float(np.mean(v)), 2) for g, v in out.items()}
 
 
-def suite_styles(store: str, seeds: int, heldout: int) -> dict:
+def style_concept(name: str) -> dict:
+    return {"name": name, "type": "style", "mapping": "art"}
+
+
+def suite_styles(store: str, seeds: int, heldout: int, counts: tuple[int, ...] = (10, 15, 20)) -> dict:
+    """Erase the first N of the 20 styles keeping (and retaining) the rest, N in ``counts``; the styles preset is
+    tuned at 10, its fusion prior weight is scaled by N/10. The 10-style model is also scored on held-out captions."""
     from miniworld.world import STYLES
 
-    erased = [{"name": s, "type": "style", "mapping": "art"} for s in STYLES[:10]]
-    kept = [{"name": s, "type": "style", "mapping": "art"} for s in STYLES[10:]]
-    report, s = erase(make_config("styles", "q-styles-10", erased, store, prior=retain(kept)))
-    ev = evaluate(report.output, erased, kept, seeds, store)
-    after, before = clip_scores(store, ev.model_ref), clip_scores(store, ev.reference_ref)
-    h = {k: round(v["kept"] - v["erased"], 2) for k, v in (("after", after), ("before", before))}
-    return {"row": row("10 styles", report, ev, s), "reference": row("original", None, ev, None, "reference_metrics"),
-            "clip_after": after, "clip_before": before, "h_a": h,
-            "heldout": suite_heldout(store, report.output, [c["name"] for c in erased], heldout)}
+    out: dict[str, Any] = {"more": []}
+    for n in counts:
+        erased, kept = [style_concept(x) for x in STYLES[:n]], [style_concept(x) for x in STYLES[n:]]
+        fusion = {"prior_weight": scaled_prior_weight("styles", n, tuned_at=10)}
+        report, s = erase(make_config("styles", f"q-styles-{n}", erased, store, prior=retain(kept), fusion=fusion))
+        ev = evaluate(report.output, erased, kept, seeds, store)
+        after, before = clip_scores(store, ev.model_ref), clip_scores(store, ev.reference_ref)
+        h = {k: round(v["kept"] - v["erased"], 2) if "kept" in v else None for k, v in (("after", after),
+                                                                                       ("before", before))}
+        part = {"row": row(f"{n} styles (keep {len(kept)})", report, ev, s) | {"n": n},
+                "reference": row(f"original, N={n}", None, ev, None, "reference_metrics") | {"n": n},
+                "clip_after": after, "clip_before": before, "h_a": h}
+        if n == 10:
+            out |= part | {"heldout": suite_heldout(store, report.output, [c["name"] for c in erased], heldout)}
+        else:
+            out["more"].append(part)
+    return out
 
 
 def split_heldout(table: Any, erased: list[str], n: int) -> dict[str, Any]:
@@ -417,9 +431,14 @@ def write_report(result: dict) -> None:
         md.append(_overlap_table(result["identity_overlap"]))
     if "styles" in result:
         s = result["styles"]
-        md.append("\n## Styles: erase 10, keep 10\n\n" + _table([s["row"], s["reference"]], cols))
-        md.append(f"\nminiworld-CLIP score by group, after: {s['clip_after']}, before: {s['clip_before']}; "
-                  f"H_a = CLIP_s - CLIP_e: after {s['h_a']['after']}, before {s['h_a']['before']}\n")
+        parts = [s, *s.get("more", [])]
+        md.append("\n## Styles: erase N of 20, keep the rest\n\n"
+                  + _table([p["row"] for p in parts] + [p["reference"] for p in parts], cols))
+        md.append("\nminiworld-CLIP score by group, and H_a = CLIP_s - CLIP_e:\n\n"
+                  + "".join(f"- {p['row']['setting']}: after {p['clip_after']}, before {p['clip_before']}"
+                            + (f"; H_a after {p['h_a']['after']}, before {p['h_a']['before']}"
+                               if p["h_a"]["after"] is not None else " (no kept style: no H_a)") + "\n"
+                            for p in parts))
     if "heldout" in result:
         md.append(_heldout_table("the ablation's full MACE model", "class", result["heldout"]))
     if "heldout" in result.get("styles", {}):
