@@ -280,7 +280,7 @@ def suite_styles(store: str, seeds: int, heldout: int, counts: tuple[int, ...] =
     tuned at 10, its fusion prior weight is scaled by N/10. The 10-style model is also scored on held-out captions."""
     from miniworld.world import STYLES
 
-    out: dict[str, Any] = {"more": []}
+    out: dict[str, Any] = {"runs": []}
     for n in counts:
         erased, kept = [style_concept(x) for x in STYLES[:n]], [style_concept(x) for x in STYLES[n:]]
         fusion = {"prior_weight": scaled_prior_weight("styles", n, tuned_at=10)}
@@ -289,13 +289,11 @@ def suite_styles(store: str, seeds: int, heldout: int, counts: tuple[int, ...] =
         after, before = clip_scores(store, ev.model_ref), clip_scores(store, ev.reference_ref)
         h = {k: round(v["kept"] - v["erased"], 2) if "kept" in v else None for k, v in (("after", after),
                                                                                        ("before", before))}
-        part = {"row": row(f"{n} styles (keep {len(kept)})", report, ev, s) | {"n": n},
-                "reference": row(f"original, N={n}", None, ev, None, "reference_metrics") | {"n": n},
-                "clip_after": after, "clip_before": before, "h_a": h}
+        out["runs"].append({"row": row(f"{n} styles (keep {len(kept)})", report, ev, s) | {"n": n},
+                            "reference": row(f"original, N={n}", None, ev, None, "reference_metrics") | {"n": n},
+                            "clip_after": after, "clip_before": before, "h_a": h})
         if n == 10:
-            out |= part | {"heldout": suite_heldout(store, report.output, [c["name"] for c in erased], heldout)}
-        else:
-            out["more"].append(part)
+            out["heldout"] = suite_heldout(store, report.output, [c["name"] for c in erased], heldout)
     return out
 
 
@@ -431,7 +429,7 @@ def write_report(result: dict) -> None:
         md.append(_overlap_table(result["identity_overlap"]))
     if "styles" in result:
         s = result["styles"]
-        parts = [s, *s.get("more", [])]
+        parts = s["runs"]
         md.append("\n## Styles: erase N of 20, keep the rest\n\n"
                   + _table([p["row"] for p in parts] + [p["reference"] for p in parts], cols))
         md.append("\nminiworld-CLIP score by group, and H_a = CLIP_s - CLIP_e:\n\n"
