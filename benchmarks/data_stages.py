@@ -133,18 +133,19 @@ def bench_gsam(device: str, sam_type: str, dino_size: int) -> dict:
     from mace_core.grounded_sam import GroundedSam, boxes_to_xyxy
     from tests.data_stages._gsam_fixtures import write_tiny_bert
 
-    # BERT-base shape for the text side (the real checkpoint needs bert-base-uncased)
-    bert_dir = Path(tempfile.mkdtemp()) / "bert"
-    write_tiny_bert(bert_dir)
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig.from_pretrained(bert_dir)
-    cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size = 768, 12, 12, 3072
-    BertModel(cfg).save_pretrained(bert_dir)
     config = Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinT_OGC.py"
-    t0 = time.perf_counter()
-    gsam = GroundedSam.load(config, None, bert_dir, None, sam_type, device=device, dino_size=dino_size)
-    t_load = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="bench-bert-") as tmp:  # ~0.4 GB of random BERT-base weights
+        # BERT-base shape for the text side (the real checkpoint needs bert-base-uncased)
+        bert_dir = Path(tmp) / "bert"
+        write_tiny_bert(bert_dir)
+        cfg = BertConfig.from_pretrained(bert_dir)
+        cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size = 768, 12, 12, 3072
+        BertModel(cfg).save_pretrained(bert_dir)
+        t0 = time.perf_counter()
+        gsam = GroundedSam.load(config, None, bert_dir, None, sam_type, device=device, dino_size=dino_size)
+        t_load = time.perf_counter() - t0
     image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (512, 512, 3), dtype=np.uint8))
 
     def sync() -> None:
@@ -188,8 +189,8 @@ def bench_stages(device: str) -> dict:
     from flows.erase import erase
 
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
-    store = tempfile.mkdtemp(prefix="bench-stages-")
-    report = erase(make_config("objects", "bench-stages", [object_concept("cat")], store, model={"device": device}))
+    with tempfile.TemporaryDirectory(prefix="bench-stages-") as store:
+        report = erase(make_config("objects", "bench-stages", [object_concept("cat")], store, model={"device": device}))
     return {"config": "configs/miniworld-objects.yaml with the concept cat, cold store",
             "seconds": {r.stage: round(r.seconds, 2) for r in report.stages}}
 

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import statistics
 import tempfile
 import time
@@ -136,6 +137,7 @@ def main() -> None:
         for p in procs:
             ops.stop_tree(p)
         srv.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the model, the server's database and the stores
     setup = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
              "model": "tiny random SD1 (tests/tiny_sd), lora.steps=2", "workers": f"{args.workers} process workers, "
              "PREFECT_WORKER_QUERY_SECONDS=1, MACE_REMOTE_POLL_S=1, same machine as server and parent"}

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -116,6 +117,9 @@ def main() -> None:
                                                                     store=str(root / f"s{n}")))))
     clear_pipelines()
     rows.append(_measure(f"from scratch {n + 1}", lambda: erase(_config(model, str(root / "scratch"), n + 1))))
+    shutil.rmtree(root, ignore_errors=True)
+    if model != "miniworld":  # the tiny model _model built in its own temporary directory
+        shutil.rmtree(Path(model).parent, ignore_errors=True)
 
     add_row, scratch_row = rows[-2], rows[-1]
     result = {
