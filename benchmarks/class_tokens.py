@@ -31,18 +31,19 @@ from benchmarks.quality import RESULTS
 ANIMALS = ("bird", "cat", "deer", "dog", "frog", "horse")
 
 
+@torch.no_grad()
+def encode_padded(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text encoder's hidden states ``[N, L, d]`` of ``prompts`` padded as in generation, and each prompt's EOS
+    position ``[N]`` (BOS ... words EOS: the unpadded length minus one)."""
+    tok = pipe.tokenizer
+    batch = tok(prompts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt")
+    return pipe.text_encoder(batch.input_ids)[0], batch.attention_mask.sum(1) - 1
+
+
 def class_token_embeddings(pipe, classes: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{class: (last word-token embedding, EOS embedding)}`` of "a photo of a <class>" (padded as in generation)."""
-    tok, enc = pipe.tokenizer, pipe.text_encoder
-    out = {}
-    for c in classes:
-        prompt = f"a photo of a {c}"
-        batch = tok(prompt, padding="max_length", max_length=tok.model_max_length, return_tensors="pt")
-        eos = int(batch.attention_mask.sum()) - 1  # BOS ... word EOS: the unpadded length minus one
-        with torch.no_grad():
-            h = enc(batch.input_ids)[0][0]
-        out[c] = (h[eos - 1], h[eos])
-    return out
+    h, eos = encode_padded(pipe, [f"a photo of a {c}" for c in classes])
+    return {c: (h[i, int(eos[i]) - 1], h[i, int(eos[i])]) for i, c in enumerate(classes)}
 
 
 IDENTITY_TEMPLATES = ("a photo of {}", "a portrait of {}", "an image of {}", "{} in a picture",
@@ -53,13 +54,9 @@ IDENTITY_TEMPLATES = ("a photo of {}", "a portrait of {}", "an image of {}", "{}
 def identity_tail_embeddings(pipe, names: list[str]) -> torch.Tensor:
     """``[len(names), d]`` float64: per identity, the mean over ``IDENTITY_TEMPLATES`` of the mean embedding of the
     EOS token and the padding after it (the positions that carry the whole name through the causal encoder)."""
-    tok, enc = pipe.tokenizer, pipe.text_encoder
     out = []
     for name in names:
-        batch = tok([t.format(name) for t in IDENTITY_TEMPLATES], padding="max_length",
-                    max_length=tok.model_max_length, return_tensors="pt")
-        h = enc(batch.input_ids)[0]
-        eos = batch.attention_mask.sum(1) - 1
+        h, eos = encode_padded(pipe, [t.format(name) for t in IDENTITY_TEMPLATES])
         out.append(torch.stack([h[k, int(eos[k]):].mean(0) for k in range(len(eos))]).mean(0))
     return torch.stack(out).double()
 
@@ -109,18 +106,11 @@ def identity_reading(pipe, names: list[str], seeds: int = 4) -> dict[str, float]
     from miniworld.prompts import identity_prompt
     from miniworld.quality import top1
 
-    tok, enc = pipe.tokenizer, pipe.text_encoder
     clf = load_classifier()
-
-    def context(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = tok(prompts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt")
-        return enc(batch.input_ids)[0], batch.attention_mask.sum(1) - 1
-
-    prompts = [identity_prompt(n) for n in names]
-    own, eos = context(prompts)
-    anchor, _ = context([identity_prompt("a person")] * len(names))
-    uncond, _ = context([""] * len(names))
-    name_start = len(tok(identity_prompt("").strip())["input_ids"]) - 1  # BOS + the prefix words
+    own, eos = encode_padded(pipe, [identity_prompt(n) for n in names])
+    anchor, _ = encode_padded(pipe, [identity_prompt("a person")] * len(names))
+    uncond, _ = encode_padded(pipe, [""] * len(names))
+    name_start = len(pipe.tokenizer(identity_prompt("").strip())["input_ids"]) - 1  # BOS + the prefix words
     out = {}
     for swap in CONTEXT_SWAPS:
         ctx = torch.stack([swap_context(own[i], anchor[i], name_start, int(eos[i]), swap) for i in range(len(names))])
