@@ -201,12 +201,16 @@ def identity_overlap_split() -> dict[str, list[str]]:
     last name (52)."""
     from miniworld.world import IDENTITIES
 
-    def part(firsts: range, lasts: range) -> list[str]:
-        return [IDENTITIES[f * 8 + last] for f in firsts for last in lasts]
-
-    early, late, low, high = range(13), range(13, 25), range(4), range(4, 8)
-    return {"erased": part(late, high), "no shared part": part(early, low), "same first name": part(late, low),
-            "same last name": part(early, high)}
+    firsts = list(dict.fromkeys(n.split()[0] for n in IDENTITIES))  # in world order
+    lasts = list(dict.fromkeys(n.split()[1] for n in IDENTITIES))
+    erased_first, erased_last = set(firsts[13:]), set(lasts[4:])
+    group = {(True, True): "erased", (False, False): "no shared part", (True, False): "same first name",
+             (False, True): "same last name"}
+    out: dict[str, list[str]] = {g: [] for g in group.values()}
+    for name in IDENTITIES:
+        first, last = name.split()
+        out[group[first in erased_first, last in erased_last]].append(name)
+    return out
 
 
 def suite_identity_overlap(store: str, seeds: int, counts: list[int]) -> dict:
