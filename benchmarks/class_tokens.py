@@ -16,13 +16,16 @@ the anchor prompt's ("a portrait of a person") at the same positions, and the cl
 the identity.
 
 Run:  python -m benchmarks.class_tokens   (writes benchmarks/results/class_tokens.{json,md}; ~1 min on 2 cores)
+      python -m benchmarks.class_tokens --pipeline <dir> --out <dir>   (any miniworld-format pipeline)
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -128,7 +131,12 @@ def main() -> None:
     from miniworld.world import IDENTITIES, OBJECT_CLASSES
     from tasks._cache import files_digest
 
-    pipe = load_pipeline()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pipeline", type=Path, default=PIPELINE_DIR, help="miniworld-format pipeline dir to measure")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where class_tokens.{json,md} are written")
+    args = ap.parse_args()
+    command = "python -m benchmarks.class_tokens" + ("" if args.pipeline == PIPELINE_DIR else f" --pipeline {args.pipeline}")
+    pipe = load_pipeline(args.pipeline)
     emb = class_token_embeddings(pipe, list(OBJECT_CLASSES))
     rows = []
     for a, b in itertools.combinations(OBJECT_CLASSES, 2):
@@ -141,8 +149,8 @@ def main() -> None:
         return round(sum(values) / len(values), 3)
 
     summary = {f"{k}_{'animals' if an else 'other'}": mean(k, an) for k in ("word_cos", "eos_cos") for an in (True, False)}
-    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "model_digest": files_digest(PIPELINE_DIR),
-              "summary": summary, "rows": rows, "command": "python -m benchmarks.class_tokens",
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "model_digest": files_digest(args.pipeline),
+              "summary": summary, "rows": rows, "command": command,
               "identities": identity_geometry(identity_tail_embeddings(pipe, list(IDENTITIES)), list(IDENTITIES))}
     ids = result["identities"]
     result["identity_reading"] = reads = identity_reading(pipe, list(IDENTITIES[100:200:5]))
@@ -150,8 +158,8 @@ def main() -> None:
     width = emb[OBJECT_CLASSES[0]][1].numel()
     noise = torch.randn(len(IDENTITIES), width, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     result["identities_random_baseline"] = rnd = identity_geometry(noise, list(IDENTITIES))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "class_tokens.json").write_text(json.dumps(result, indent=1) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "class_tokens.json").write_text(json.dumps(result, indent=1) + "\n")
     md = ["# Object classes and identities in the text encoder", "", "## Object classes: word and EOS embeddings", "",
           f"`{result['command']}` ({result['date']}, model {result['model_digest'][:12]}). Cosine similarity of the "
           "class word's and the EOS token's embeddings in \"a photo of a <class>\", for each pair of classes.", "",
@@ -176,7 +184,7 @@ def main() -> None:
            "with one span of the context replaced by that of \"a portrait of a person\" at the same positions:", "",
            "| replaced | identity top-1 |", "|---|---|",
            *[f"| {k} | {v} |" for k, v in reads.items()]]
-    (RESULTS / "class_tokens.md").write_text("\n".join(md) + "\n")
+    (args.out / "class_tokens.md").write_text("\n".join(md) + "\n")
     print("\n".join(md[:6]))
 
 
