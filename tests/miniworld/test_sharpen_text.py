@@ -17,6 +17,8 @@ from miniworld.sharpen_text import (
     max_confusion,
     subject_features,
     subject_labels,
+    tail_features,
+    tail_mask,
 )
 from miniworld.tokenizer import load_tokenizer
 from miniworld.world import IDENTITIES, OBJECT_CLASSES
@@ -47,6 +49,21 @@ def test_subject_features_average_each_subjects_tokens():
     torch.testing.assert_close(feats[0, 0], hidden[0, 2:4].mean(0))
     torch.testing.assert_close(feats[1, 0], hidden[1, 5])
     torch.testing.assert_close(feats[1, 1], hidden[1, 1])
+
+
+def test_tail_mask_marks_the_first_eos_and_everything_after_it():
+    eos = 9
+    ids = torch.tensor([[0, 5, 6, eos, eos, eos], [0, 5, 6, 7, 8, eos]])
+    assert tail_mask(ids, eos).tolist() == [[False, False, False, True, True, True],
+                                           [False, False, False, False, False, True]]
+
+
+def test_tail_features_average_the_tail_positions():
+    hidden = torch.randn(2, 5, 3)
+    tail = torch.tensor([[False, False, True, True, True], [False] * 5])
+    feats = tail_features(hidden, tail)
+    torch.testing.assert_close(feats[0], hidden[0, 2:].mean(0))
+    torch.testing.assert_close(feats[1], torch.zeros(3))  # no tail: zero, not NaN
 
 
 def test_max_confusion_ignores_the_diagonal():
