@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class Run:
     seed: int
     resumed_at: int = 0  # the step a checkpoint restored (0: a fresh run)
     seconds_before: float = 0.0  # training seconds logged up to the restored step, so the curve's clock runs on
+    created: float = field(default_factory=time.time)  # process start of this session: setup = loop start - created
 
     def batch_indices(self, step: int, n: int, batch_size: int, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The (deterministic) sample indices of ``step``: uniform over ``n`` rows, or drawn with replacement
@@ -130,16 +131,19 @@ def to_float(images_u8: torch.Tensor) -> torch.Tensor:
 
 
 def finish(run: Run, out: Path, steps: int, started: float, extra: dict | None = None) -> None:
-    """Record the training summary (steps, wall time) next to the saved model. A resumed run adds its wall
-    time to that of the sessions before it (their summary.json), so the card reports the whole cost."""
-    wall = time.time() - started
+    """Record the training summary next to the saved model: steps, wall time of the training loop, and setup
+    time before it (loading, rendering and encoding caches), so the card reports the whole cost. A resumed run
+    adds its times to those of the sessions before it (their summary.json)."""
+    wall, setup = time.time() - started, started - run.created
     sessions = 1
     prev = run.workdir / "summary.json"
     if run.resumed_at > 0 and prev.exists():  # an earlier session of this run stopped at a deadline
         before = json.loads(prev.read_text())
         wall += before.get("wall_seconds", 0.0)
+        setup += before.get("setup_seconds", 0.0)
         sessions += before.get("sessions", 1)
-    summary = {"steps": steps, "wall_seconds": round(wall, 1), "sessions": sessions} | (extra or {})
+    summary = {"steps": steps, "wall_seconds": round(wall, 1), "setup_seconds": round(setup, 1),
+               "sessions": sessions} | (extra or {})
     out.mkdir(parents=True, exist_ok=True)
     prev.write_text(json.dumps(summary, indent=1))
     log.info("done: %s", summary)

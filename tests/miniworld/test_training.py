@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
 
-from miniworld.training import ROW_GROUPS, Run, mix_weights, parse_mix, row_group
+from miniworld.training import ROW_GROUPS, Run, finish, mix_weights, parse_mix, row_group
 
 
 def _row(subjects: list, style: str | None = None) -> dict:
@@ -159,3 +160,16 @@ def test_a_resumed_run_drops_loss_rows_past_its_checkpoint_and_continues_the_clo
     assert rows[0] == "step,seconds,loss"
     assert [r.split(",")[:2] for r in rows[1:]] == [["100", "10.0"], ["200", "20.0"], ["300", "25.0"]]
     assert rows[-1].endswith(",0.25")
+
+
+def test_finish_records_setup_time_and_a_resumed_session_adds_to_the_sums(tmp_path):
+    started = time.time()
+    first = Run(workdir=tmp_path, seed=0, created=started - 5.0)  # 5 s of loading and caches before the loop
+    finish(first, tmp_path / "out", 100, started)
+    one = json.loads((tmp_path / "summary.json").read_text())
+    assert one["setup_seconds"] == 5.0 and one["sessions"] == 1 and one["wall_seconds"] >= 0.0
+
+    resumed = Run(workdir=tmp_path, seed=0, resumed_at=100, created=started - 2.0)
+    finish(resumed, tmp_path / "out", 200, started)
+    two = json.loads((tmp_path / "summary.json").read_text())
+    assert two["setup_seconds"] == 7.0 and two["sessions"] == 2 and two["wall_seconds"] >= one["wall_seconds"]
