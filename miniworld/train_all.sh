@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Train every miniworld model on a 2-core CPU (the budget the model card reports), in dependency order:
-#   VAE || CLIP  ->  text-encoder sharpening  ->  classifier || UNet  -> quality.   Logs: miniworld/_train/*.log
+# Train every miniworld model on a 2-core CPU, the chain that produced the shipped weights, in dependency order:
+#   VAE || CLIP (one thread each)  ->  text-encoder sharpening: subject words, then EOS-and-padding tails
+#   ->  UNet from scratch  ->  classifier  ->  quality   (two threads each, one job at a time).
+# Logs: miniworld/_train/*.log; the model card (python -m miniworld.model_card) sums the measured wall times.
 # Usage: bash miniworld/train_all.sh [UNET_STEPS] [UNET_DEADLINE_UNIX_TIME]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 L=miniworld/_train
 mkdir -p $L
 PY=${PYTHON:-python}
-$PY -c "from miniworld.training import corpus_images; import argparse; corpus_images(argparse.Namespace(corpus_limit=None, workers=2))"
-$PY -m miniworld.train_vae --steps 2500 --batch-size 32 > $L/vae.log 2>&1 &
-$PY -m miniworld.train_clip --steps 800 --batch-size 128 > $L/clip.log 2>&1
+one() { OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$@"; }
+two() { OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 "$@"; }
+two $PY -c "from miniworld.training import corpus_images; import argparse; corpus_images(argparse.Namespace(corpus_limit=None, workers=2))"
+one $PY -m miniworld.train_vae --steps 2500 --batch-size 32 > $L/vae.log 2>&1 &
+one $PY -m miniworld.train_clip --steps 800 --batch-size 128 > $L/clip.log 2>&1
 wait
-$PY -m miniworld.sharpen_text --steps 1200 > $L/sharpen_text.log 2>&1
+two $PY -m miniworld.sharpen_text --steps 1200 > $L/sharpen_text.log 2>&1
+two $PY -m miniworld.sharpen_text --steps 1200 --tail-weight 1.0 --workdir $L/sharpen_tail > $L/sharpen_tail.log 2>&1
+two $PY -m miniworld.train_unet --steps "${1:-11000}" --batch-size 64 --attention-loss 0.05 \
+  --mix identity=0.45,object=0.25,styled=0.1,pair=0.2 ${2:+--deadline $2} > $L/unet.log 2>&1
 # the shipped classifier: 600 steps, then resumed from that checkpoint on a 1200-step schedule (warm restart)
-($PY -m miniworld.train_classifier --steps 600 --batch-size 128 > $L/classifier_600.log 2>&1 &&
- $PY -m miniworld.train_classifier --steps 1200 --batch-size 128 > $L/classifier.log 2>&1) &
-$PY -m miniworld.train_unet --steps "${1:-6000}" --batch-size 64 ${2:+--deadline $2} > $L/unet.log 2>&1
-wait
-$PY -m miniworld.quality --out miniworld/weights/quality > $L/quality.log 2>&1
+one $PY -m miniworld.train_classifier --steps 600 --batch-size 128 > $L/classifier_600.log 2>&1
+one $PY -m miniworld.train_classifier --steps 1200 --batch-size 128 > $L/classifier.log 2>&1
+two $PY -m miniworld.quality --out miniworld/weights/quality > $L/quality.log 2>&1
