@@ -59,10 +59,14 @@ def subject_labels(rows: list[dict]) -> torch.Tensor:
     return out
 
 
+def eos_positions(ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """long[B]: the position of each caption's first EOS token."""
+    return (ids == eos_token_id).int().argmax(-1)
+
+
 def tail_mask(ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """bool[B, L]: each caption's EOS token and every position after it (padding)."""
-    first_eos = (ids == eos_token_id).int().argmax(1)
-    return torch.arange(ids.shape[1], device=ids.device)[None] >= first_eos[:, None]
+    return torch.arange(ids.shape[1], device=ids.device)[None] >= eos_positions(ids, eos_token_id)[:, None]
 
 
 def tail_features(hidden: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
@@ -87,7 +91,7 @@ def class_word_similarity(text_encoder: CLIPTextModel, tokenizer) -> torch.Tenso
     rows = []
     for i, c in enumerate(OBJECT_CLASSES):
         n = len(tokenizer(c, add_special_tokens=False).input_ids)
-        end = int((ids[i] == tokenizer.eos_token_id).int().argmax())
+        end = int(eos_positions(ids[i], tokenizer.eos_token_id))
         rows.append(hidden[i, end - n : end].mean(0))
     f = F.normalize(torch.stack(rows), dim=-1)
     return f @ f.T
@@ -120,7 +124,7 @@ def main() -> None:
     ids = tokenize(tokenizer, [r["caption"] for r in rows])
     # The tower is causal: positions after the longest caption's EOS never influence earlier ones, so
     # training on the first `length` positions is ~3x cheaper; `context_drift` checks all 77 at the end.
-    length = int((ids == tokenizer.eos_token_id).int().argmax(1).max()) + 1
+    length = int(eos_positions(ids, tokenizer.eos_token_id).max()) + 1
     tokens = attention_targets(rows, tokenizer, TRAIN_DIR)["tokens"][:, :, :length]
     full_ids, ids = ids, ids[:, :length]
     labels = subject_labels(rows)
@@ -128,13 +132,14 @@ def main() -> None:
     teacher = copy.deepcopy(student).requires_grad_(False).eval()
     similarity_before = class_word_similarity(teacher, tokenizer)
     prototypes = torch.nn.Parameter(torch.randn(len(SUBJECT_NAMES), TEXT_DIM, device=args.device))
-    tail_prototypes = torch.nn.Parameter(torch.randn(len(SUBJECT_NAMES), TEXT_DIM, device=args.device))
-    params = list(student.parameters()) + [prototypes] + ([tail_prototypes] if args.tail_weight else [])
+    heads = {"prototypes": torch.nn.ParameterList([prototypes])}
+    if args.tail_weight:  # the default run creates no tail state, so it draws and checkpoints as before
+        tail_prototypes = torch.nn.Parameter(torch.randn(len(SUBJECT_NAMES), TEXT_DIM, device=args.device))
+        heads["tail_prototypes"] = torch.nn.ParameterList([tail_prototypes])
+    params = list(student.parameters()) + [h[0] for h in heads.values()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = warmup_cosine(opt, args.steps, 0.05)
-    modules = {"model": student, "prototypes": torch.nn.ParameterList([prototypes]), "opt": opt, "sched": sched}
-    if args.tail_weight:
-        modules["tail_prototypes"] = torch.nn.ParameterList([tail_prototypes])
+    modules = {"model": student, **heads, "opt": opt, "sched": sched}
     step0 = run.load(modules)
     t0 = time.time()
     for step in range(step0, args.steps):
