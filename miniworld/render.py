@@ -18,6 +18,7 @@ from miniworld.world import (
     EMBLEM_FG,
     EMBLEM_SPECS,
     HEADS,
+    HUE_FREE_PALETTES,
     SCENE_RGB,
     STYLE_SPECS,
 )
@@ -237,7 +238,7 @@ def labels(spec: SceneSpec) -> dict[str, int]:
     first = spec.subjects[0]
     is_obj = first.kind == "object"
     palette = STYLE_SPECS[spec.style][0] if spec.style else None
-    colour_ok = is_obj and palette != "monochrome"
+    colour_ok = is_obj and palette not in HUE_FREE_PALETTES
     return {
         "kind": HEADS["kind"].index(first.kind),
         "object": HEADS["object"].index(first.name if is_obj else "none"),

@@ -48,6 +48,8 @@ SCENES: tuple[str, ...] = tuple(SCENE_RGB)
 
 # Styles: made-up artist names. Each is a (palette, pattern) pair; see render.apply_style.
 STYLE_PALETTES: tuple[str, ...] = ("sepia", "neon", "pastel", "inverted", "monochrome")
+# Palettes that map each pixel through its luma alone: hue is gone, so a subject's colour is undefined.
+HUE_FREE_PALETTES: frozenset[str] = frozenset({"sepia", "monochrome"})
 STYLE_PATTERNS: tuple[str, ...] = ("stripes", "checker", "vignette", "frame")
 STYLES: tuple[str, ...] = (
     "Orlen Vasquith", "Maribel Thornquist", "Dovik Alaran", "Sefa Quintarro",

@@ -9,7 +9,7 @@ from miniworld import world
 from miniworld.captions import caption, sample_spec
 from miniworld.corpus import build_corpus, spec_of
 from miniworld.paths import CAPTIONS_PATH, HELDOUT_CAPTIONS_PATH
-from miniworld.render import SceneSpec, Subject, labels, render
+from miniworld.render import SceneSpec, Subject, apply_style, labels, render
 
 
 def test_vocabulary_meets_the_issue_minimums():
@@ -39,6 +39,21 @@ def test_styles_change_pixels_and_labels_name_the_first_subject():
     assert world.HEADS["object"][lab["object"]] == "ship" and world.HEADS["style"][lab["style"]] == world.STYLES[0]
     ident = labels(SceneSpec((Subject("identity", world.IDENTITIES[7]),), "snowfield", None, seed=1))
     assert world.HEADS["identity"][ident["identity"]] == world.IDENTITIES[7]
+
+
+def test_colour_is_undefined_exactly_under_the_palettes_that_erase_hue():
+    # Two colours of (nearly) equal luma and very different hue: a palette that keeps no hue
+    # renders them alike, so no classifier can tell them apart and the label must be undefined.
+    a = np.full((32, 32, 3), (200, 50, 100), dtype=np.uint8)
+    b = np.full((32, 32, 3), (50, 120, 133), dtype=np.uint8)
+    luma = np.array([0.299, 0.587, 0.114])
+    assert abs(float(a[0, 0] @ luma) - float(b[0, 0] @ luma)) < 0.1
+    for style, (palette, _) in world.STYLE_SPECS.items():
+        gap = np.abs(apply_style(a, style).astype(int) - apply_style(b, style).astype(int)).max()
+        hue_free = palette in world.HUE_FREE_PALETTES
+        assert (gap <= 1) if hue_free else (gap > 20), (style, palette, gap)
+        lab = labels(SceneSpec((Subject("object", "ship", "blue"),), "beach", style, seed=3))
+        assert (lab["colour"] == -100) == hue_free, (style, palette)
 
 
 def test_captions_name_the_subject_by_class_or_synonym():
