@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 
 from miniworld.paths import CLASSIFIER_DIR, TRAIN_DIR, WEIGHTS_DIR
+from miniworld.world import HUE_FREE_PALETTES
 
 MODELS = ("vae", "clip", "sharpen_text", "sharpen_tail", "classifier", "unet")
 SIDE_BY_SIDE = ("vae", "clip")  # train_all.sh runs these two at once, one thread each: the elapsed time counts the longer
@@ -111,7 +112,7 @@ def main() -> None:
     total = sum(run_seconds(s) for s in summaries.values())
     lines.append(f"\nElapsed on the 2-core machine: **{elapsed_seconds(summaries) / 3600:.2f} h** ({' and '.join(SIDE_BY_SIDE)} "
                  f"side by side, one thread each, counted once; then each model alone, the text-encoder sharpening and "
-                 f"the UNet with two threads, the classifier with one); sum of the per-model times: {total / 3600:.2f} h. "
+                 f"the UNet and the classifier with two threads); sum of the per-model times: {total / 3600:.2f} h. "
                  "Setup is the time before the training loop (loading, corpus render, latent and context caches); "
                  "'-' where a run predates its recording. Loss curves: `logs/*_loss.csv`, plotted in `logs/loss_curves.png`.\n")
     lines.append("Reproduce (deterministic, resumable from `miniworld/_train/<model>/checkpoint.pt`): "
@@ -122,7 +123,9 @@ def main() -> None:
                   "|---|---|---|"]
         for head in clf.get("clean", {}):
             lines.append(f"| {head} | {clf['clean'][head]:.4f} | {clf.get('vae', {}).get(head, float('nan')):.4f} |")
-        lines.append("")
+        lines.append("\nHeld-out single-subject renders (`miniworld/data/`); a head is scored where its label is defined: "
+                     "colour is undefined for identities and under the palettes that keep luma only "
+                     f"({', '.join(sorted(HUE_FREE_PALETTES))}, `world.HUE_FREE_PALETTES`).\n")
     if quality:
         f = quality["figures"]
         lines += ["## Generation quality (the classifier on generated images)\n",

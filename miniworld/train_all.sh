@@ -20,7 +20,5 @@ two $PY -m miniworld.sharpen_text --steps 1200 > $L/sharpen_text.log 2>&1
 two $PY -m miniworld.sharpen_text --steps 1200 --tail-weight 1.0 --workdir $L/sharpen_tail > $L/sharpen_tail.log 2>&1
 two $PY -m miniworld.train_unet --steps "${1:-11000}" --batch-size 64 --attention-loss 0.05 \
   --mix identity=0.45,object=0.25,styled=0.1,pair=0.2 ${2:+--deadline $2} > $L/unet.log 2>&1
-# the shipped classifier: 600 steps, then resumed from that checkpoint on a 1200-step schedule (warm restart)
-one $PY -m miniworld.train_classifier --steps 600 --batch-size 128 > $L/classifier_600.log 2>&1
-one $PY -m miniworld.train_classifier --steps 1200 --batch-size 128 > $L/classifier.log 2>&1
+two $PY -m miniworld.train_classifier --steps 1800 --batch-size 128 --workers 2 > $L/classifier.log 2>&1
 two $PY -m miniworld.quality --out miniworld/weights/quality > $L/quality.log 2>&1
