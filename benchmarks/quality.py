@@ -408,7 +408,8 @@ def write_report(result: dict) -> None:
     runs = "".join(f"- {k}: `{r['command']}` ({r['date']}, {r['wall_s']} s, {r['seeds']} seeds per prompt)\n"
                    for k, r in result["runs"].items())
     md = [f"# Erasure quality on the miniworld\n\nMachine: {result['machine']}; model weights digest "
-          f"`{result['model_digest'][:16]}`. Suites and the commands that measured them:\n\n{runs}\n"
+          f"`{result['model_digest'][:16]}`, classifier digest `{result['judge_digest'][:16]}`. Suites and the "
+          f"commands that measured them:\n\n{runs}\n"
           "Accuracies are the miniworld classifier's top-1 on generated images, in %. Acc_e, Acc_g: lower is "
           "better; Acc_s: higher is better. H_o, H_c: the paper's harmonic means (Eq. 8, 9).\n"]
     cols = ["setting", "acc_e", "acc_s", "acc_g", "h_o", "h_c", "erase_s", "lora_misses"]
@@ -480,13 +481,16 @@ def main() -> None:
     result: dict[str, Any] = {"machine": {"cpu": platform.machine(), "cores": os.cpu_count(),
                                           "torch": torch.__version__, "threads": torch.get_num_threads()},
                               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": args.seeds}
-    from miniworld.paths import PIPELINE_DIR
+    from mace_core.prompt_sets import file_digest
+    from miniworld.paths import CLASSIFIER_DIR, PIPELINE_DIR
     from tasks._cache import files_digest
 
-    # suites of an earlier invocation are kept only when they measured the same model weights
+    # suites of an earlier invocation are kept only when the same model weights made the images and the same
+    # classifier judged them
     result["model_digest"] = files_digest(Path(PIPELINE_DIR))
+    result["judge_digest"] = file_digest(CLASSIFIER_DIR / "model.safetensors")
     previous = json.loads((RESULTS / "quality.json").read_text()) if (RESULTS / "quality.json").exists() else {}
-    if previous.get("model_digest") == result["model_digest"]:
+    if (previous.get("model_digest"), previous.get("judge_digest")) == (result["model_digest"], result["judge_digest"]):
         result |= {k: v for k, v in previous.items() if k in SUITES}
         result["runs"] = {k: v for k, v in previous.get("runs", {}).items() if k in SUITES}
     result.setdefault("runs", {})
