@@ -25,3 +25,18 @@ def test_identities_count_setting_scales_the_prior_with_the_count():
     assert len(erased1) == 1 and len(erased10) == 10 and len(kept1) == 100
     assert not {c["name"] for c in erased10} & {c["name"] for c in kept1}
     assert abs(shared10["fusion"]["prior_weight"] - 10 * shared1["fusion"]["prior_weight"]) < 1e-12
+
+
+def test_objects_screen_erases_each_listed_class_alone_and_keeps_the_other_nine():
+    st = setting("objects", classes=("bird", "frog"))
+    assert st.stem == "tuning_objects_bird_frog" and len(st.cases) == 2
+    for (erased, kept, shared), name in zip(st.cases, ("bird", "frog"), strict=True):
+        assert [c["name"] for c in erased] == [name] and len(kept) == 9
+        assert name not in {c["name"] for c in kept} and shared["prior"]["retain"] == [c["name"] for c in kept]
+    assert len(setting("objects").cases) == 10 and setting("objects").stem == "tuning_objects"
+
+
+def test_styles_setting_erases_ten_styles_and_retains_the_other_ten():
+    (erased, kept, shared), = setting("styles").cases
+    assert len(erased) == len(kept) == 10 and not {c["name"] for c in erased} & {c["name"] for c in kept}
+    assert all(c["type"] == "style" for c in erased + kept) and shared["prior"]["retain"] == [c["name"] for c in kept]
