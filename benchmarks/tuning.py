@@ -40,8 +40,11 @@ from miniworld.world import IDENTITIES, OBJECT_CLASSES, STYLES
 # 61.3 and 69.1, mean 89.8) while keeping the other classes better (Acc_s 96.9): the sweep moves toward lighter
 # priors and stronger LoRAs. The previous weights' sweep picked the preset (H_o 95.6 there; git history of
 # tuning_objects.md).
+# The sweep is laid over the preset it replaced (fusion prior 0.004 x (P + 600 D)), so that it reproduces; the
+# preset is now the fourth row.
+PREVIOUS_OBJECTS = {"fusion": {"prior_weight": 0.004, "domain_weight": 600.0}}
 OBJECT_VARIANTS: tuple[dict, ...] = (
-    {},  # the shipped preset: 124 prompts (name and synonyms), fusion prior 0.004 x (P + 600 D), lam 0, concept tokens
+    {},  # the previous preset: 124 prompts (name and synonyms), fusion prior 0.004 x (P + 600 D), lam 0
     {"fusion": {"domain_weight": 400.0}},  # domain coefficient 2.4 -> 1.6
     {"fusion": {"prior_weight": 0.002, "domain_weight": 1200.0}},  # general prior halved, same domain coefficient
     {"fusion": {"prior_weight": 0.002, "domain_weight": 800.0}},  # both lighter
@@ -120,10 +123,12 @@ def setting(suite: str, count: int = 1, classes: tuple[str, ...] = ()) -> Settin
         cases = []
         for c in classes or OBJECT_CLASSES:
             kept = [object_concept(k) for k in OBJECT_CLASSES if k != c]
-            cases.append(([object_concept(c)], kept, {"prior": retain(kept)}))
+            cases.append(([object_concept(c)], kept, {"prior": retain(kept), **PREVIOUS_OBJECTS}))
         what = (f"Each of {', '.join(classes)} erased alone (a screen on the classes the preset erases worst); kept "
                 f"and retained: the other 9; mean over these {len(classes)} classes." if classes else
                 "Each class erased alone; kept and retained: the other 9; mean over the 10 classes.")
+        what += (" Variants are laid over the previous preset (fusion prior 0.004 x (P + 600 D)): 'preset' is that "
+                 "setting.")
         return Setting(cases, OBJECT_VARIANTS, ("acc_e", "acc_s", "acc_g", "h_o"), what,
                        "_".join(("tuning_objects", *classes)))
     if suite == "styles":
