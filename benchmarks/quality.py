@@ -141,8 +141,9 @@ def suite_objects(store: str, seeds: int, n_classes: int = 10) -> dict:
 # The ablation's own setting, pinned so that retuning the objects preset does not silently change it: the objects
 # preset of 2026-12-01 (LoRAs 200 steps; fusion prior 0.004 x (P + 600 D), tuned for one class) with the fusion
 # prior weight scaled x5 for the 5 erased classes.
+PREVIOUS_OBJECTS_FUSION = {"prior_weight": 0.004, "domain_weight": 600.0}
 ABLATION_LORA = {"steps": 200}
-ABLATION_FUSION = {"prior_weight": 0.02, "domain_weight": 600.0}
+ABLATION_FUSION = PREVIOUS_OBJECTS_FUSION | {"prior_weight": PREVIOUS_OBJECTS_FUSION["prior_weight"] * 5}
 
 
 def suite_ablation(store: str, seeds: int) -> dict:
