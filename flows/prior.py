@@ -2,7 +2,9 @@
 
 Run alone (``mace prior CONFIG`` / a deployment) to precompute P for a model once, or as a subflow of
 ``mace-erase``. The captions are frozen into an artifact, then accumulated shard by shard: each shard is
-its own artifact, so a killed run resumes at the first missing shard.
+its own artifact, so a killed run resumes at the first missing shard. With ``prior.exclude_erased`` the run's P is
+that shared sum minus the Gram of the captions naming an erased concept (one more ``prior`` artifact per erased
+set), so growing the concept list never re-encodes the corpus.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from mace_core.config import MaceConfig
 from tasks import store as st
 from tasks._cache import files_digest, model_dir, open_store, with_retries
-from tasks.prior import captions_task, domain_prior_task, load_count, prior_merge_task, prior_shard_task
+from tasks.prior import (captions_task, domain_prior_task, load_count, prior_exclusion_task, prior_merge_task,
+                         prior_shard_task)
 
 
 @flow(name="mace-prior", flow_run_name="prior-{cfg.name}", task_runner=ThreadPoolTaskRunner(),
@@ -39,6 +42,10 @@ def prior(cfg: MaceConfig) -> tuple[st.ArtifactRef | None, st.ArtifactRef | None
     settle(shards)
     P = with_retries(prior_merge_task, ex.retries, ex.retry_delay_s)(shards, root)
     log.info("prior: %d captions in %d shards", n, n_shards)
+    if cfg.prior.exclude_erased and cfg.concepts:  # the shared P minus the captions that name an erased concept
+        phrases = tuple(p for c in cfg.concepts for p in (c.name, *c.synonyms))
+        P = with_retries(prior_exclusion_task, ex.retries, ex.retry_delay_s)(P, captions, phrases, cfg.prior, m,
+                                                                              text_digest, root, ex.lora_concurrency)
     # 4. domain prior D from the retain list (only when something weights it)
     D = None
     if needs_domain(cfg):

@@ -206,6 +206,19 @@ def source_digest(paths: PathLike | Sequence[PathLike], exclude: frozenset[str] 
     return "sha256:" + h.hexdigest()
 
 
+def naming(phrases: Iterable[str]) -> re.Pattern[str]:
+    """A pattern that finds any of ``phrases`` as whole words, case-insensitively ("cat" in "A Cat's toy", not in
+    "category"; spaces inside a phrase match any whitespace): which captions name an erased concept.
+
+    Raises ValueError for no phrase or a blank one."""
+    phrases = list(phrases)
+    words = [p.split() for p in phrases]
+    if not words or not all(words):
+        raise ValueError(f"naming() needs non-blank phrases, got {phrases!r}")
+    alternatives = sorted({r"\s+".join(map(re.escape, w)) for w in words}, key=len, reverse=True)
+    return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
+
+
 def shards(captions: Iterable[str], shard_size: int) -> Iterator[list[str]]:
     """Consecutive lists of ``shard_size`` captions (the last may be shorter): the prior's resume unit."""
     if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:

@@ -84,6 +84,10 @@ class PriorConfig(_Section):
     )
     max_captions: int | None = Field(default=None, ge=1, description="Cap on captions used.")
     exclude: tuple[str, ...] = Field(default=(), description="Caption files to exclude (eval sets).")
+    exclude_erased: bool = Field(
+        default=False,
+        description="Drop captions naming an erased concept or synonym from P (COCO rarely names them; miniworld does).",
+    )
     shard_size: int = Field(default=5000, ge=1, description="Captions per resumable shard.")
     batch_size: int = Field(default=256, ge=1, description="Captions per text-encoder batch.")
     retain: tuple[str, ...] = Field(default=(), description="Domain prior: names/prompts to keep.")

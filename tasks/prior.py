@@ -21,6 +21,7 @@ from tasks._cache import TASK_OPTIONS, cached_stage, finish, key_for, lease_pipe
 
 VERSION = "1"
 CAPTIONS_VERSION = "2"  # 2: mace_core.captions (normalised exclusion, 'prompt' column first, whitespace collapsed)
+EXCLUSION_VERSION = "1"
 DOMAIN_VERSION = "2"  # 2: captions.domain_prompts (long retain entries are prompts, duplicates dropped)
 CAPTIONS, COUNT, GRAM = "captions.parquet", "count.json", "gram.zarr"
 
@@ -133,6 +134,38 @@ def prior_merge_task(shards: list[st.ArtifactRef], store_root: str) -> st.Artifa
         with store.writer("prior", key, config={}, inputs=inputs, version=VERSION) as out:
             _write_gram(out, gram, count)
         get_run_logger().info("prior: %d shards, %d token vectors", len(shards), count)
+        return finish(store, "prior", key)
+
+
+@task(name="prior-exclusion", task_run_name="prior-exclusion", **TASK_OPTIONS)
+def prior_exclusion_task(prior: st.ArtifactRef, captions: st.ArtifactRef, phrases: tuple[str, ...], cfg: PriorConfig,
+                         model: ModelConfig, text_digest: str, store_root: str,
+                         max_models: int = 1) -> st.ArtifactRef:
+    """P minus the Gram of the frozen captions that name any of ``phrases`` (``prior.exclude_erased``).
+
+    The Gram is a sum over captions, so this equals the Gram of the captions that name none of them, at the cost
+    of encoding only those that do; the shards stay shared by every erase run. A ``prior`` artifact keyed by the
+    phrase set, so the fusion and CFR read it like the full P."""
+    store = open_store(store_root)
+    config = {"exclude_phrases": sorted({" ".join(p.casefold().split()) for p in phrases}),
+              "batch_size": cfg.batch_size, "dtype": model.dtype}
+    inputs = {"prior": prior.digest, "captions": captions.digest, "text_encoder": text_digest}
+    key = key_for("prior", EXCLUSION_VERSION, config, inputs)
+    with cached_stage(store, "prior", key, None) as rec:
+        if rec.ref is not None:
+            return rec.ref
+        table = st.load_table(store.path(captions) / CAPTIONS).to_pydict()["caption"]
+        pattern = core_captions.naming(phrases)
+        named = [c for c in table if pattern.search(c)]
+        gram, count = load_gram(store, prior), load_count(store, prior)
+        if named:
+            with lease_pipeline(model.path, model.dtype, model.device, max_models) as pipe:
+                acc = core_stats.prior_gram(pipe, named, batch_size=cfg.batch_size)
+            gram, count = gram - acc.gram, count - acc.count
+        with store.writer("prior", key, config=config, inputs=inputs, version=EXCLUSION_VERSION) as out:
+            _write_gram(out, gram, count)
+        get_run_logger().info("prior: %d of %d captions name an erased concept, removed from P", len(named),
+                              len(table))
         return finish(store, "prior", key)
 
 

@@ -114,3 +114,14 @@ def test_miniworld_corpus_reads():
 
     first = list(cap.read_captions(CAPTIONS_PATH, max_captions=3))
     assert len(first) == 3 and all(isinstance(c, str) and c for c in first)
+
+
+def test_naming_finds_whole_phrases_only():
+    pattern = cap.naming(["cat", "Zorvath  Quell", "hart"])
+    named = [c for c in ("A Cat's toy", "a category", "zorvath quell at dusk", "a portrait of Zorvath\tQuell",
+                         "Zorvath Quellish", "a hart", "a heart", "cat") if pattern.search(c)]
+    assert named == ["A Cat's toy", "zorvath quell at dusk", "a portrait of Zorvath\tQuell", "a hart", "cat"]
+    with pytest.raises(ValueError, match="non-blank phrases"):
+        cap.naming(["cat", "  "])
+    with pytest.raises(ValueError, match="non-blank phrases"):
+        cap.naming([])
