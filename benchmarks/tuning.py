@@ -38,6 +38,8 @@ from benchmarks.quality import (ABLATION_FUSION, ABLATION_LORA, PREVIOUS_OBJECTS
                                 scaled_prior_weight, style_concept, suite_heldout)
 from miniworld.world import IDENTITIES, OBJECT_CLASSES, STYLES
 
+EXCLUDE_ERASED = {"exclude_erased": True}  # the general prior without the captions naming an erased concept
+
 # Rerun on the current weights, which erase bird and frog less at the previous weights' preset (objects suite: H_o
 # 61.3 and 69.1, mean 89.8) while keeping the other classes better (Acc_s 96.9): the sweep moves toward lighter
 # priors and stronger LoRAs. The previous weights' sweep picked the preset (H_o 95.6 there; git history of
@@ -66,14 +68,20 @@ PRIOR_VARIANTS: tuple[dict, ...] = (
     {"fusion": {"prior_weight": 0.0002, "domain_weight": 60000.0, "lam": 100.0}},  # the same with lam 100
 )
 # Rerun on the current weights (the previous weights' sweep picked domain weight 3000; these weights erase more at
-# the same setting, Acc_e 12.5 vs 28.7, so the sweep moves toward more domain prior and specificity). Fusion-only
-# variants: they share the preset's 100 LoRAs.
+# the same setting, Acc_e 13.0 vs 28.7, so the sweep moves toward more domain prior and specificity). Fusion-only
+# variants: they share the preset's 100 LoRAs. The second row (domain weight 5000) is the preset now.
+PREVIOUS_IDENTITIES_FUSION = {"domain_weight": 3000.0}
 IDENTITY_VARIANTS: tuple[dict, ...] = (
-    {},  # the shipped preset: 200 LoRA steps at lr 1e-3, fusion domain weight 3000, lora_tokens concept
+    {},  # the previous preset: 200 LoRA steps at lr 1e-3, fusion domain weight 3000, lora_tokens concept
     {"fusion": {"domain_weight": 5000.0}},
     {"fusion": {"domain_weight": 10000.0}},
     {"fusion": {"domain_weight": 5000.0, "lora_tokens": "all"}},  # the paper's fusion targets
     {"fusion": {"prior_weight": 0.002, "domain_weight": 2500.0}},  # 2x the general prior, domain coefficient 5
+    # the general prior without the 34,967 captions that name an erased identity (prior.exclude_erased; CFR reads
+    # it too, so these rows train their own 100 LoRAs): the preset, then a 5x heavier general prior at the same
+    # domain coefficient (3)
+    {"prior": EXCLUDE_ERASED},
+    {"prior": EXCLUDE_ERASED, "fusion": {"prior_weight": 0.005, "domain_weight": 600.0}},
 )
 # The styles preset (official art values: LoRA lr 1e-4 for 50 steps, fusion prior 0.001 x (P + 50 D)) leaves 72.5 %
 # of erased-style images recognised on the current weights (4 seeds): the sweep strengthens the LoRAs and
@@ -98,6 +106,15 @@ STYLE_VARIANTS: tuple[dict, ...] = (
     {"lora": {"learning_rate": 0.001, "steps": 200}, "fusion": {"domain_weight": 5000.0}},
     {"lora": {"learning_rate": 0.001, "steps": 200}, "fusion": {"prior_weight": 0.0002, "domain_weight": 5000.0}},
     {"lora": {"learning_rate": 0.001, "steps": 200}, "fusion": {"prior_weight": 0.0002, "domain_weight": 25000.0}},
+    # the general prior without the 26,022 captions that name an erased style (prior.exclude_erased): the preset,
+    # then heavier general priors at the preset's domain coefficient (0.02) and above
+    {"lora": {"learning_rate": 0.001, "steps": 200}, "fusion": {"domain_weight": 20.0}, "prior": EXCLUDE_ERASED},
+    {"lora": {"learning_rate": 0.001, "steps": 200}, "fusion": {"prior_weight": 0.01, "domain_weight": 2.0},
+     "prior": EXCLUDE_ERASED},
+    {"lora": {"learning_rate": 0.001, "steps": 200}, "fusion": {"prior_weight": 0.01, "domain_weight": 20.0},
+     "prior": EXCLUDE_ERASED},
+    {"lora": {"learning_rate": 0.001, "steps": 200}, "fusion": {"prior_weight": 0.05, "domain_weight": 4.0},
+     "prior": EXCLUDE_ERASED},
 )
 # identities_count: factors on the N/100-scaled fusion prior weight (both priors)
 IDENTITY_COUNT_VARIANTS: tuple[dict, ...] = ({}, {"prior_scale": 2.0}, {"prior_scale": 4.0}, {"prior_scale": 16.0})
@@ -163,11 +180,13 @@ def setting(suite: str, count: int = 1, classes: tuple[str, ...] = ()) -> Settin
                        f"scaling ({shared['fusion']['prior_weight']:g} here).",
                        f"tuning_identities_{count}", preset="identities")
     erased = [identity_concept(n) for n in IDENTITIES[100:200]]
-    return Setting([(erased, kept, {"prior": retain(kept)})], IDENTITY_VARIANTS,
+    # laid over the preset it replaced (fusion domain weight 3000), so that the sweep reproduces
+    return Setting([(erased, kept, {"prior": retain(kept), "fusion": PREVIOUS_IDENTITIES_FUSION})], IDENTITY_VARIANTS,
                    ("acc_e", "acc_s", "h_c", "frechet_unrelated", "clip_unrelated"),
                    "Erased: identities 100-199; kept and retained: identities 0-99. The last two columns score 200 "
                    "held-out captions that name no erased identity (Fréchet distance on classifier features to their "
-                   "renders, lower is better; miniworld-CLIP score, higher is better).", "tuning_identities",
+                   "renders, lower is better; miniworld-CLIP score, higher is better). Variants are laid over the "
+                   "previous preset (fusion 0.001 x (P + 3000 D)): 'preset' is that setting.", "tuning_identities",
                    heldout=True)
 
 
