@@ -139,9 +139,10 @@ def suite_objects(store: str, seeds: int, n_classes: int = 10) -> dict:
 
 
 # The ablation's own setting, pinned so that retuning the objects preset does not silently change it: the objects
-# preset of 2026-12-01 (LoRAs 200 steps; fusion prior 0.004 x (P + 600 D), tuned for one class) with the fusion
-# prior weight scaled x5 for the 5 erased classes.
+# preset of 2026-12-01 (LoRAs 200 steps; fusion prior 0.004 x (P + 600 D), tuned for one class; the general prior
+# over every caption) with the fusion prior weight scaled x5 for the 5 erased classes.
 PREVIOUS_OBJECTS_FUSION = {"prior_weight": 0.004, "domain_weight": 600.0}
+PREVIOUS_OBJECTS_PRIOR = {"exclude_erased": False}
 ABLATION_LORA = {"steps": 200}
 ABLATION_FUSION = PREVIOUS_OBJECTS_FUSION | {"prior_weight": PREVIOUS_OBJECTS_FUSION["prior_weight"] * 5}
 
@@ -164,7 +165,8 @@ def suite_ablation(store: str, seeds: int) -> dict:
         fusion = ABLATION_FUSION | over.get("fusion", {})
         lora = ABLATION_LORA | over.get("lora", {})
         report, s = erase(make_config("objects", f"q-ablation-{slug}", erased, store,
-                                      **({"prior": retain(kept)} | over | {"fusion": fusion, "lora": lora})))
+                                      **({"prior": retain(kept) | PREVIOUS_OBJECTS_PRIOR} | over
+                                         | {"fusion": fusion, "lora": lora})))
         ev = evaluate(report.output, erased, kept, seeds, store)
         rows.append(row(label, report, ev, s))
         outputs[label] = report.output
@@ -512,7 +514,8 @@ def main() -> None:
         elif suite == "ablation":
             result["ablation"] = suite_ablation(args.store, args.seeds)
         elif suite == "identities":
-            result["identities"] = suite_identities(args.store, args.seeds, [int(x) for x in args.identities.split(",")])
+            counts = [int(x) for x in args.identities.split(",")]
+            result["identities"] = suite_identities(args.store, args.seeds, counts)
         elif suite == "identity_overlap":
             result["identity_overlap"] = suite_identity_overlap(args.store, args.seeds, [1, 10, 48])
         elif suite == "styles":

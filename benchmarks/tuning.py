@@ -6,7 +6,7 @@
     python -m benchmarks.tuning --suite identities                # identities: erase 100, keep 100
     python -m benchmarks.tuning --suite prior                     # objects: the fusion priors vs held-out captions
     python -m benchmarks.tuning --suite identities_count --count 1  # identities: erase N, the prior's scale
-    python -m benchmarks.tuning --variant '{"cfr": {"lam": 1000}}' --seeds 4
+    python -m benchmarks.tuning --variant '{"cfr": {"lam": 1000}}' --seeds 4 --out tuning_objects_lam  # a screen
 
 Each variant is a partial config (sections merged over ``configs/miniworld-<suite>.yaml``; objects for
 ``prior``), evaluated like the quality benchmark (same store, so LoRAs, CFR statistics and evaluation images are
@@ -33,9 +33,9 @@ import json
 import time
 from dataclasses import dataclass
 
-from benchmarks.quality import (ABLATION_FUSION, ABLATION_LORA, PREVIOUS_OBJECTS_FUSION, RESULTS, clip_scores, erase,
-                                evaluate, identity_concept, make_config, object_concept, retain, row,
-                                scaled_prior_weight, style_concept, suite_heldout)
+from benchmarks.quality import (ABLATION_FUSION, ABLATION_LORA, PREVIOUS_OBJECTS_FUSION, PREVIOUS_OBJECTS_PRIOR,
+                                RESULTS, clip_scores, erase, evaluate, identity_concept, make_config, object_concept,
+                                retain, row, scaled_prior_weight, style_concept, suite_heldout)
 from miniworld.world import IDENTITIES, OBJECT_CLASSES, STYLES
 
 EXCLUDE_ERASED = {"exclude_erased": True}  # the general prior without the captions naming an erased concept
@@ -141,7 +141,8 @@ def setting(suite: str, count: int = 1, classes: tuple[str, ...] = ()) -> Settin
         cases = []
         for c in classes or OBJECT_CLASSES:
             kept = [object_concept(k) for k in OBJECT_CLASSES if k != c]
-            cases.append(([object_concept(c)], kept, {"prior": retain(kept), "fusion": PREVIOUS_OBJECTS_FUSION}))
+            cases.append(([object_concept(c)], kept, {"prior": retain(kept) | PREVIOUS_OBJECTS_PRIOR,
+                                                       "fusion": PREVIOUS_OBJECTS_FUSION}))
         what = (f"Each of {', '.join(classes)} erased alone (a screen on the classes the preset erases worst); kept "
                 f"and retained: the other 9; mean over these {len(classes)} classes." if classes else
                 "Each class erased alone; kept and retained: the other 9; mean over the 10 classes.")
@@ -163,7 +164,7 @@ def setting(suite: str, count: int = 1, classes: tuple[str, ...] = ()) -> Settin
         erased = [object_concept(c) for c in OBJECT_CLASSES[:5]]
         kept = [object_concept(c) for c in OBJECT_CLASSES[5:]]
         # the ablation's pinned setting, so that the sweep does not move with the objects preset
-        shared = {"prior": retain(kept), "fusion": ABLATION_FUSION, "lora": ABLATION_LORA}
+        shared = {"prior": retain(kept) | PREVIOUS_OBJECTS_PRIOR, "fusion": ABLATION_FUSION, "lora": ABLATION_LORA}
         return Setting([(erased, kept, shared)], PRIOR_VARIANTS,
                        ("acc_e", "acc_s", "acc_g", "h_o", "frechet_unrelated", "clip_unrelated"),
                        "Erased: airplane, automobile, bird, cat, deer; kept and retained: the other 5. The last two "
@@ -226,7 +227,11 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=None, help="a partial config as JSON (repeatable)")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--store", default="artifacts/bench-quality")
+    ap.add_argument("--out", default="", help="results file stem under benchmarks/results (default: the suite's), "
+                    "so that a --variant screen does not overwrite the suite's table")
     args = ap.parse_args()
+    if not args.out.replace("_", "").replace("-", "").isalnum() and args.out:
+        ap.error(f"--out {args.out!r}: give a file stem of letters, digits, '_' or '-', without a folder")
     classes = tuple(c for c in args.classes.split(",") if c)
     unknown = sorted(set(classes) - set(OBJECT_CLASSES))
     if unknown:
@@ -266,16 +271,18 @@ def main() -> None:
               + (f" --count {args.count}" if args.suite == "identities_count" else "")
               + (f" --classes {args.classes}" if classes else "")
               + (f" --seeds {args.seeds}" if args.seeds != 4 else "")
-              + "".join(f" --variant '{v}'" for v in args.variant or ())}
+              + "".join(f" --variant '{v}'" for v in args.variant or ())
+              + (f" --out {args.out}" if args.out else "")}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{st.stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    stem = args.out or st.stem
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     md = [f"# {args.suite.capitalize().replace('_', ' ')}: preset variants tried", "",
           f"`{result['command']}` ({result['date']}, {args.seeds} seeds per prompt, "
           f"model {result['model_digest'][:12]}). "
           f"{st.what} Accuracies in %.", "",
           "| variant | " + " | ".join(st.keys) + " |", "|---|" + "---|" * len(st.keys)]
     md += [f"| {r['setting']} | " + " | ".join(str(r[k]) for k in st.keys) + " |" for r in [*rows, reference]]
-    (RESULTS / f"{st.stem}.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
