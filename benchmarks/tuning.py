@@ -71,6 +71,7 @@ PRIOR_VARIANTS: tuple[dict, ...] = (
 # the same setting, Acc_e 13.0 vs 28.7, so the sweep moves toward more domain prior and specificity). Fusion-only
 # variants: they share the preset's 100 LoRAs. The second row (domain weight 5000) is the preset now.
 PREVIOUS_IDENTITIES_FUSION = {"domain_weight": 3000.0}
+PREVIOUS_IDENTITIES_LORA = {"learning_rate": 0.001}  # the preset's until 2026-12-03 (tuning_identities_lora_lr.md)
 IDENTITY_VARIANTS: tuple[dict, ...] = (
     {},  # the previous preset: 200 LoRA steps at lr 1e-3, fusion domain weight 3000, lora_tokens concept
     {"fusion": {"domain_weight": 5000.0}},
@@ -181,13 +182,15 @@ def setting(suite: str, count: int = 1, classes: tuple[str, ...] = ()) -> Settin
                        f"scaling ({shared['fusion']['prior_weight']:g} here).",
                        f"tuning_identities_{count}", preset="identities")
     erased = [identity_concept(n) for n in IDENTITIES[100:200]]
-    # laid over the preset it replaced (fusion domain weight 3000), so that the sweep reproduces
-    return Setting([(erased, kept, {"prior": retain(kept), "fusion": PREVIOUS_IDENTITIES_FUSION})], IDENTITY_VARIANTS,
+    # laid over the presets it replaced (fusion domain weight 3000, LoRA lr 1e-3), so that the sweep reproduces
+    shared = {"prior": retain(kept), "fusion": PREVIOUS_IDENTITIES_FUSION, "lora": PREVIOUS_IDENTITIES_LORA}
+    return Setting([(erased, kept, shared)], IDENTITY_VARIANTS,
                    ("acc_e", "acc_s", "h_c", "frechet_unrelated", "clip_unrelated"),
                    "Erased: identities 100-199; kept and retained: identities 0-99. The last two columns score 200 "
                    "held-out captions that name no erased identity (Fréchet distance on classifier features to their "
                    "renders, lower is better; miniworld-CLIP score, higher is better). Variants are laid over the "
-                   "previous preset (fusion 0.001 x (P + 3000 D)): 'preset' is that setting.", "tuning_identities",
+                   "previous preset (LoRA lr 1e-3, fusion 0.001 x (P + 3000 D)): 'preset' is that setting.",
+                   "tuning_identities",
                    heldout=True)
 
 
