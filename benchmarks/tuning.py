@@ -71,7 +71,7 @@ PRIOR_VARIANTS: tuple[dict, ...] = (
 # the same setting, Acc_e 13.0 vs 28.7, so the sweep moves toward more domain prior and specificity). Fusion-only
 # variants: they share the preset's 100 LoRAs. The second row (domain weight 5000) is the preset now.
 PREVIOUS_IDENTITIES_FUSION = {"domain_weight": 3000.0}
-PREVIOUS_IDENTITIES_LORA = {"learning_rate": 0.001}  # the preset's until 2026-12-03 (tuning_identities_lora_lr.md)
+PREVIOUS_IDENTITIES_LORA = {"learning_rate": 0.001}  # pinned, so that the sweep does not move with the preset's lr
 IDENTITY_VARIANTS: tuple[dict, ...] = (
     {},  # the previous preset: 200 LoRA steps at lr 1e-3, fusion domain weight 3000, lora_tokens concept
     {"fusion": {"domain_weight": 5000.0}},
