@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import re
 import time
 from dataclasses import dataclass
 
@@ -182,7 +183,7 @@ def setting(suite: str, count: int = 1, classes: tuple[str, ...] = ()) -> Settin
                        f"scaling ({shared['fusion']['prior_weight']:g} here).",
                        f"tuning_identities_{count}", preset="identities")
     erased = [identity_concept(n) for n in IDENTITIES[100:200]]
-    # laid over the presets it replaced (fusion domain weight 3000, LoRA lr 1e-3), so that the sweep reproduces
+    # laid over the preset it replaced (fusion domain weight 3000), LoRA lr pinned, so that the sweep reproduces
     shared = {"prior": retain(kept), "fusion": PREVIOUS_IDENTITIES_FUSION, "lora": PREVIOUS_IDENTITIES_LORA}
     return Setting([(erased, kept, shared)], IDENTITY_VARIANTS,
                    ("acc_e", "acc_s", "h_c", "frechet_unrelated", "clip_unrelated"),
@@ -233,7 +234,7 @@ def main() -> None:
     ap.add_argument("--out", default="", help="results file stem under benchmarks/results (default: the suite's), "
                     "so that a --variant screen does not overwrite the suite's table")
     args = ap.parse_args()
-    if not args.out.replace("_", "").replace("-", "").isalnum() and args.out:
+    if not re.fullmatch(r"[\w-]*", args.out):
         ap.error(f"--out {args.out!r}: give a file stem of letters, digits, '_' or '-', without a folder")
     classes = tuple(c for c in args.classes.split(",") if c)
     unknown = sorted(set(classes) - set(OBJECT_CLASSES))
