@@ -233,12 +233,13 @@ def render(spec: SceneSpec) -> Render:
     return Render(image=image, masks=np.stack(masks), spec=spec)
 
 
-def labels(spec: SceneSpec) -> dict[str, int]:
-    """Classifier targets (indices into world.HEADS) of the first subject; -100 = undefined."""
+def labels(spec: SceneSpec, hue_free: frozenset[str] = HUE_FREE_PALETTES) -> dict[str, int]:
+    """Classifier targets (indices into world.HEADS) of the first subject; -100 = undefined (the colour of an
+    object under a palette in ``hue_free``)."""
     first = spec.subjects[0]
     is_obj = first.kind == "object"
     palette = STYLE_SPECS[spec.style][0] if spec.style else None
-    colour_ok = is_obj and palette not in HUE_FREE_PALETTES
+    colour_ok = is_obj and palette not in hue_free
     return {
         "kind": HEADS["kind"].index(first.kind),
         "object": HEADS["object"].index(first.name if is_obj else "none"),

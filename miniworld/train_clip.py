@@ -22,6 +22,10 @@ from miniworld.training import warmup_cosine, corpus_images, corpus_labels, fini
 from miniworld.world import HEADS
 
 AUX_HEADS = ("object", "colour", "scene", "style", "identity")
+# The shipped CLIP was trained when only monochrome left an object's colour undefined (sepia joined
+# world.HUE_FREE_PALETTES later, in the classifier's label fix). Its auxiliary colour targets keep that set so that
+# train_all.sh reproduces the shipped weights bit for bit; the aux heads only shape the embedding during training.
+SHIPPED_CLIP_HUE_FREE = frozenset({"monochrome"})
 
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -43,7 +47,7 @@ def main() -> None:
     # The text tower is causal and pooled at the first EOS, so positions after the longest caption's EOS
     # cannot change the loss: dropping them is exact and ~3x cheaper than training on all 77.
     ids = ids[:, : int((ids == tokenizer.eos_token_id).int().argmax(1).max()) + 1].to(args.device)
-    targets = {h: v.to(args.device) for h, v in corpus_labels(rows, AUX_HEADS).items()}
+    targets = {h: v.to(args.device) for h, v in corpus_labels(rows, AUX_HEADS, SHIPPED_CLIP_HUE_FREE).items()}
     data = torch.from_numpy(images).to(args.device)
     clip = make_clip(len(tokenizer)).to(args.device)
     heads = torch.nn.ModuleDict(

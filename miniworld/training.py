@@ -19,6 +19,7 @@ import torch
 
 from miniworld.corpus import ensure_images
 from miniworld.paths import CAPTIONS_PATH, TRAIN_DIR
+from miniworld.world import HUE_FREE_PALETTES
 
 log = logging.getLogger("miniworld.training")
 
@@ -149,15 +150,16 @@ def finish(run: Run, out: Path, steps: int, started: float, extra: dict | None =
     log.info("done: %s", summary)
 
 
-def corpus_labels(rows: list[dict], heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Per-row classifier targets (world.HEADS indices); rows with two subjects get -100."""
+def corpus_labels(rows: list[dict], heads: tuple[str, ...],
+                  hue_free: frozenset[str] = HUE_FREE_PALETTES) -> dict[str, torch.Tensor]:
+    """Per-row classifier targets (world.HEADS indices); rows with two subjects get -100 (see render.labels)."""
     from miniworld.corpus import spec_of
     from miniworld.render import labels
 
     out: dict[str, list[int]] = {h: [] for h in heads}
     for row in rows:
         spec = spec_of(row)
-        lab = labels(spec)
+        lab = labels(spec, hue_free)
         for h in heads:
             out[h].append(lab[h] if len(spec.subjects) == 1 else -100)
     return {h: torch.tensor(v) for h, v in out.items()}
