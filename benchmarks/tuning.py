@@ -6,6 +6,7 @@
     python -m benchmarks.tuning --suite identities                # identities: erase 100, keep 100
     python -m benchmarks.tuning --suite prior                     # objects: the fusion priors vs held-out captions
     python -m benchmarks.tuning --suite identities_count --count 1  # identities: erase N, the prior's scale
+    python -m benchmarks.tuning --suite identities_kept --count 28  # identities: erase 100, keep K
     python -m benchmarks.tuning --variant '{"cfr": {"lam": 1000}}' --seeds 4 --out tuning_objects_lam  # a screen
 
 Each variant is a partial config (sections merged over ``configs/miniworld-<suite>.yaml``; objects for
@@ -22,6 +23,9 @@ shared between variants that do not change them).
 - ``identities_count``: the quality benchmark's identity setting at ``--count`` N (the first N of identities
   100-199 erased, 0-99 kept and retained), with the fusion prior weight at the benchmark's N/100 scaling times a
   factor (a variant's ``prior_scale``): is the scaling too light when few are erased?
+- ``identities_kept``: erases identities 100-199 with the identities preset, keeping (and retaining) only the first
+  ``--count`` K of 0-99: does erasing 100 fail for want of room once the kept identities fill the text encoder's
+  width (128)?
 Writes ``benchmarks/results/tuning_<suite>.json`` and ``.md``.
 """
 
@@ -137,8 +141,8 @@ class Setting:
 
 
 def setting(suite: str, count: int = 1, classes: tuple[str, ...] = ()) -> Setting:
-    """The tuning setting of ``suite`` (``count``: identities erased, for ``identities_count``; ``classes``: the
-    object classes erased one at a time, all 10 when empty)."""
+    """The tuning setting of ``suite`` (``count``: identities erased, for ``identities_count``, or kept, for
+    ``identities_kept``; ``classes``: the object classes erased one at a time, all 10 when empty)."""
     if suite == "objects":
         cases = []
         for c in classes or OBJECT_CLASSES:
@@ -183,6 +187,11 @@ def setting(suite: str, count: int = 1, classes: tuple[str, ...] = ()) -> Settin
                        f"scaling ({shared['fusion']['prior_weight']:g} here).",
                        f"tuning_identities_{count}", preset="identities")
     erased = [identity_concept(n) for n in IDENTITIES[100:200]]
+    if suite == "identities_kept":
+        kept = kept[:count]
+        return Setting([(erased, kept, {"prior": retain(kept)})], ({},), ("acc_e", "acc_s", "h_c"),
+                       f"Erased: identities 100-199; kept and retained: identities 0-{count - 1} only. The identities "
+                       f"preset as it is.", f"tuning_identities_kept_{count}", preset="identities")
     # laid over the preset it replaced (fusion domain weight 3000), LoRA lr pinned, so that the sweep reproduces
     shared = {"prior": retain(kept), "fusion": PREVIOUS_IDENTITIES_FUSION, "lora": PREVIOUS_IDENTITIES_LORA}
     return Setting([(erased, kept, shared)], IDENTITY_VARIANTS,
@@ -224,9 +233,10 @@ clip_scores_once = functools.lru_cache(maxsize=None)(clip_scores)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", choices=("objects", "identities", "prior", "identities_count", "styles"),
-                    default="objects")
-    ap.add_argument("--count", type=int, default=1, help="identities erased (identities_count)")
+    ap.add_argument("--suite", choices=("objects", "identities", "prior", "identities_count", "identities_kept",
+                                        "styles"), default="objects")
+    ap.add_argument("--count", type=int, default=1,
+                    help="identities erased (identities_count) or kept (identities_kept), 1-100")
     ap.add_argument("--classes", default="", help="objects: comma-separated classes to screen (default all 10)")
     ap.add_argument("--variant", action="append", default=None, help="a partial config as JSON (repeatable)")
     ap.add_argument("--seeds", type=int, default=4)
@@ -236,6 +246,8 @@ def main() -> None:
     args = ap.parse_args()
     if not re.fullmatch(r"[\w-]*", args.out):
         ap.error(f"--out {args.out!r}: give a file stem of letters, digits, '_' or '-', without a folder")
+    if not 1 <= args.count <= 100:
+        ap.error(f"--count {args.count}: give 1-100 (there are 100 identities to erase and 100 to keep)")
     classes = tuple(c for c in args.classes.split(",") if c)
     unknown = sorted(set(classes) - set(OBJECT_CLASSES))
     if unknown:
@@ -272,7 +284,7 @@ def main() -> None:
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": args.seeds, "rows": rows, "reference": reference,
               "model_digest": files_digest(PIPELINE_DIR), "erased": [[c["name"] for c in e] for e, _, _ in st.cases],
               "command": "python -m benchmarks.tuning" + (f" --suite {args.suite}" if args.suite != "objects" else "")
-              + (f" --count {args.count}" if args.suite == "identities_count" else "")
+              + (f" --count {args.count}" if args.suite in ("identities_count", "identities_kept") else "")
               + (f" --classes {args.classes}" if classes else "")
               + (f" --seeds {args.seeds}" if args.seeds != 4 else "")
               + "".join(f" --variant '{v}'" for v in args.variant or ())

@@ -40,3 +40,13 @@ def test_styles_setting_erases_ten_styles_and_retains_the_other_ten():
     (erased, kept, shared), = setting("styles").cases
     assert len(erased) == len(kept) == 10 and not {c["name"] for c in erased} & {c["name"] for c in kept}
     assert all(c["type"] == "style" for c in erased + kept) and shared["prior"]["retain"] == [c["name"] for c in kept]
+
+
+def test_identities_kept_setting_erases_the_hundred_and_keeps_and_retains_only_the_first_k():
+    st = setting("identities_kept", 28)
+    (erased, kept, shared), = st.cases
+    assert len(erased) == 100 and len(kept) == 28 and st.stem == "tuning_identities_kept_28"
+    assert not {c["name"] for c in erased} & {c["name"] for c in kept}
+    assert shared["prior"]["retain"] == [c["name"] for c in kept] and st.preset == "identities"
+    assert [c["name"] for c in setting("identities_kept", 100).cases[0][1]] == [
+        c["name"] for c in setting("identities").cases[0][1]]
