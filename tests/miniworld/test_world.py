@@ -54,6 +54,11 @@ def test_colour_is_undefined_exactly_under_the_palettes_that_erase_hue():
         assert (gap <= 1) if hue_free else (gap > 20), (style, palette, gap)
         lab = labels(SceneSpec((Subject("object", "ship", "blue"),), "beach", style, seed=3))
         assert (lab["colour"] == -100) == hue_free, (style, palette)
+        # the shipped CLIP's auxiliary targets (train_clip.SHIPPED_CLIP_HUE_FREE): only monochrome is hue-free
+        clip_lab = labels(SceneSpec((Subject("object", "ship", "blue"),), "beach", style, seed=3),
+                          hue_free=frozenset({"monochrome"}))
+        assert (clip_lab["colour"] == -100) == (palette == "monochrome"), (style, palette)
+        assert {k: v for k, v in clip_lab.items() if k != "colour"} == {k: v for k, v in lab.items() if k != "colour"}
 
 
 def test_captions_name_the_subject_by_class_or_synonym():
