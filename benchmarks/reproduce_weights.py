@@ -15,6 +15,7 @@ Writes ``benchmarks/results/reproduce_weights.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from miniworld.model_card import MODELS, elapsed_seconds, run_seconds
+from miniworld.model_card import MODELS, PLOTTED, TARGETS, elapsed_seconds, run_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,7 +77,46 @@ def compare_quality(shipped: Path, trained: Path) -> dict:
     a = json.loads((shipped / WEIGHTS / path).read_text())["figures"]
     b_file = trained / WEIGHTS / path
     b = json.loads(b_file.read_text())["figures"] if b_file.exists() else {}
-    return {k: {"shipped": a[k], "chain": b.get(k), "equal": b.get(k) == a[k]} for k in a if k not in TIMING_FIGURES}
+    rows = {k: {"shipped": a[k], "chain": b.get(k), "equal": b.get(k) == a[k]} for k in a if k not in TIMING_FIGURES}
+    for k, target in TARGETS.items():
+        if k in rows:
+            rows[k] |= {"target": target, "chain_meets_target": b.get(k) is not None and b[k] >= target}
+    return rows
+
+
+def _loss_rows(path: Path) -> dict[str, dict[str, str]]:
+    return {r["step"]: r for r in csv.DictReader(path.open())} if path.exists() else {}
+
+
+def compare_losses(shipped: Path, trained: Path) -> dict[str, dict]:
+    """Per model, the loss curves side by side: the first logged step whose values differ (None: every shared
+    step agrees to the logged digits) and the final value of the model's main loss column in each."""
+    out = {}
+    for m in MODELS:
+        a = _loss_rows(shipped / WEIGHTS / "logs" / f"{m}_loss.csv")
+        b = _loss_rows(trained / "miniworld" / "_train" / m / "loss.csv")
+        if not a or not b:
+            continue
+        column = PLOTTED.get(m, "loss")
+        steps = [s for s in b if s in a]
+        first = next((s for s in steps if any(b[s][k] != a[s][k] for k in a[s] if k in b[s] and k != "seconds")), None)
+        last = steps[-1] if steps else None
+        out[m] = {"column": column, "steps_compared": len(steps), "first_differing_step": first, "last_step": last,
+                  "shipped_last": float(a[last][column]) if last else None,
+                  "chain_last": float(b[last][column]) if last else None}
+    return out
+
+
+def cpu_description() -> str:
+    """The CPU model and the vector extensions that decide which MKL/oneDNN kernels run (and so the last bits)."""
+    import torch
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    extensions = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile") if f in flags]
+    return (f"{model} ({platform.machine()}, {os.cpu_count()} CPUs; torch CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}; {' '.join(extensions) or 'no AVX2'})")
 
 
 def training_times(trained: Path) -> dict:
@@ -119,9 +159,16 @@ def write_report(result: dict) -> None:
           "", "| file | MB | identical | max abs difference |", "|---|---|---|---|"]
     md += [f"| {r['file']} | {r['bytes'] / 2**20:.2f} | {'yes' if r['identical'] else '**no**'} | "
            f"{r.get('max_abs_difference', r.get('note', '-'))} |" for r in rows]
+    md += ["", "Loss curves, the chain's `_train/<model>/loss.csv` against the shipped `logs/<model>_loss.csv`:", "",
+           "| model | logged steps compared | first step that differs | last step | shipped | chain |",
+           "|---|---|---|---|---|---|"]
+    md += [f"| {m} | {v['steps_compared']} | {v['first_differing_step'] or 'none'} | {v['last_step']} | "
+           f"{v['column']} {v['shipped_last']} | {v['chain_last']} |" for m, v in result["losses"].items()]
     md += ["", "Generation quality measured by the chain (`miniworld.quality`) against the shipped report:", "",
-           "| figure | shipped | chain | equal |", "|---|---|---|---|"]
-    md += [f"| {k} | {v['shipped']} | {v['chain']} | {'yes' if v['equal'] else '**no**'} |"
+           "| figure | shipped | chain | equal | target | chain meets it |", "|---|---|---|---|---|---|"]
+    md += [f"| {k} | {v['shipped']} | {v['chain']} | {'yes' if v['equal'] else '**no**'} | "
+           f"{'>= ' + str(v['target']) if 'target' in v else '-'} | "
+           f"{('yes' if v['chain_meets_target'] else '**no**') if 'target' in v else '-'} |"
            for k, v in result["quality"].items()]
     md += ["", "Training time on this machine (loop + setup per model, from the clone's "
            "`_train/<model>/summary.json`):",
@@ -151,10 +198,11 @@ def main() -> None:
                             check=True).stdout.strip()
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads per train_all.sh",
+        "machine": cpu_description(),
         "command": "python -m benchmarks.reproduce_weights"
                    + (f" --workdir {args.workdir} --compare-only" if args.compare_only else ""),
-        "weights": compare_weights(REPO, workdir), "quality": compare_quality(REPO, workdir),
+        "weights": compare_weights(REPO, workdir), "losses": compare_losses(REPO, workdir),
+        "quality": compare_quality(REPO, workdir),
         "times": training_times(workdir),
     }
     write_report(result)
