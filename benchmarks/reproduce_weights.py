@@ -111,9 +111,10 @@ def cpu_description() -> str:
     """The CPU model and the vector extensions that decide which MKL/oneDNN kernels run (and so the last bits)."""
     import torch
 
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
     extensions = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile") if f in flags]
     return (f"{model} ({platform.machine()}, {os.cpu_count()} CPUs; torch CPU capability "
             f"{torch.backends.cpu.get_cpu_capability()}; {' '.join(extensions) or 'no AVX2'})")
