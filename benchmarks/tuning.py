@@ -7,6 +7,7 @@
     python -m benchmarks.tuning --suite prior                     # objects: the fusion priors vs held-out captions
     python -m benchmarks.tuning --suite identities_count --count 1  # identities: erase N, the prior's scale
     python -m benchmarks.tuning --suite identities_kept --count 28  # identities: erase 100, keep K
+    python -m benchmarks.tuning --suite identities_retained --count 28  # identities: erase 100, keep 100, retain K
     python -m benchmarks.tuning --variant '{"cfr": {"lam": 1000}}' --seeds 4 --out tuning_objects_lam  # a screen
 
 Each variant is a partial config (sections merged over ``configs/miniworld-<suite>.yaml``; objects for
@@ -26,6 +27,9 @@ shared between variants that do not change them).
 - ``identities_kept``: erases identities 100-199 with the identities preset, keeping (and retaining) only the first
   ``--count`` K of 0-99: does erasing 100 fail for want of room once the kept identities fill the text encoder's
   width (128)?
+- ``identities_retained``: erases identities 100-199 and keeps all of 0-99, but retains (domain prior) only the
+  first ``--count`` K: can the general prior hold the kept identities that the domain prior leaves out? Each row
+  adds Acc_s over the retained and over the other kept identities.
 Writes ``benchmarks/results/tuning_<suite>.json`` and ``.md``.
 """
 
@@ -138,11 +142,12 @@ class Setting:
     stem: str  # results file name, without extension
     heldout: bool = False  # also score the held-out captions that name no erased concept
     preset: str = ""  # configs/miniworld-<preset>.yaml; "" = the suite's own
+    retained: int = 0  # > 0: also report Acc_s over the first ``retained`` kept concepts and over the others
 
 
 def setting(suite: str, count: int = 1, classes: tuple[str, ...] = ()) -> Setting:
     """The tuning setting of ``suite`` (``count``: identities erased, for ``identities_count``, or kept, for
-    ``identities_kept``; ``classes``: the object classes erased one at a time, all 10 when empty)."""
+    ``identities_kept``, or retained, for ``identities_retained``; ``classes``: the object classes erased one at a time, all 10 when empty)."""
     if suite == "objects":
         cases = []
         for c in classes or OBJECT_CLASSES:
@@ -192,6 +197,13 @@ def setting(suite: str, count: int = 1, classes: tuple[str, ...] = ()) -> Settin
         return Setting([(erased, kept, {"prior": retain(kept)})], ({},), ("acc_e", "acc_s", "h_c"),
                        f"Erased: identities 100-199; kept and retained: identities 0-{count - 1} only. The identities "
                        f"preset as it is.", f"tuning_identities_kept_{count}", preset="identities")
+    if suite == "identities_retained":
+        return Setting([(erased, kept, {"prior": retain(kept[:count])})], ({},),
+                       ("acc_e", "acc_s", "h_c", "acc_s_retained", "acc_s_unretained"),
+                       f"Erased: identities 100-199; kept: identities 0-99; retained (domain prior): identities "
+                       f"0-{count - 1} only. acc_s_retained / acc_s_unretained: Acc_s over the retained / the other "
+                       f"kept identities. The identities preset as it is.", f"tuning_identities_retained_{count}",
+                       preset="identities", retained=count)
     # laid over the preset it replaced (fusion domain weight 3000), LoRA lr pinned, so that the sweep reproduces
     shared = {"prior": retain(kept), "fusion": PREVIOUS_IDENTITIES_FUSION, "lora": PREVIOUS_IDENTITIES_LORA}
     return Setting([(erased, kept, shared)], IDENTITY_VARIANTS,
@@ -202,6 +214,15 @@ def setting(suite: str, count: int = 1, classes: tuple[str, ...] = ()) -> Settin
                    "previous preset (LoRA lr 1e-3, fusion 0.001 x (P + 3000 D)): 'preset' is that setting.",
                    "tuning_identities",
                    heldout=True)
+
+
+def retained_split(per_kept: dict[str, float], kept: list[str], k: int) -> dict[str, float | None]:
+    """Acc_s (%) over the first ``k`` kept concepts (the retained) and over the others, from per-concept
+    accuracies."""
+    def mean(names: list[str]) -> float | None:
+        return round(100 * sum(per_kept[n] for n in names) / len(names), 1) if names else None
+
+    return {"acc_s_retained": mean(kept[:k]), "acc_s_unretained": mean(kept[k:])}
 
 
 def mean_row(rows: list[dict]) -> dict:
@@ -234,9 +255,11 @@ clip_scores_once = functools.lru_cache(maxsize=None)(clip_scores)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--suite", choices=("objects", "identities", "prior", "identities_count", "identities_kept",
+                                        "identities_retained",
                                         "styles"), default="objects")
     ap.add_argument("--count", type=int, default=1,
-                    help="identities erased (identities_count) or kept (identities_kept), 1-100")
+                    help="identities erased (identities_count), kept (identities_kept) or retained "
+                    "(identities_retained), 1-100")
     ap.add_argument("--classes", default="", help="objects: comma-separated classes to screen (default all 10)")
     ap.add_argument("--variant", action="append", default=None, help="a partial config as JSON (repeatable)")
     ap.add_argument("--seeds", type=int, default=4)
@@ -265,6 +288,9 @@ def main() -> None:
             ev = evaluate(report.output, erased, kept, args.seeds, args.store)
             case_rows.append(row(label, report, ev, s))
             case_refs.append(row("original model", None, ev, None, "reference_metrics"))
+            if st.retained:
+                for r, m in ((case_rows[-1], ev.metrics), (case_refs[-1], ev.reference_metrics)):
+                    r |= retained_split(m["per_concept"]["kept"], [c["name"] for c in kept], st.retained)
             if "clip_e" in st.keys:  # miniworld-CLIP scores of the erased and kept prompts (art protocol)
                 for r, ref in ((case_rows[-1], ev.model_ref), (case_refs[-1], ev.reference_ref)):
                     c = clip_scores_once(args.store, ref)
@@ -284,7 +310,7 @@ def main() -> None:
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": args.seeds, "rows": rows, "reference": reference,
               "model_digest": files_digest(PIPELINE_DIR), "erased": [[c["name"] for c in e] for e, _, _ in st.cases],
               "command": "python -m benchmarks.tuning" + (f" --suite {args.suite}" if args.suite != "objects" else "")
-              + (f" --count {args.count}" if args.suite in ("identities_count", "identities_kept") else "")
+              + (f" --count {args.count}" if args.suite.startswith("identities_") else "")
               + (f" --classes {args.classes}" if classes else "")
               + (f" --seeds {args.seeds}" if args.seeds != 4 else "")
               + "".join(f" --variant '{v}'" for v in args.variant or ())

@@ -1,6 +1,6 @@
 """``benchmarks.tuning.merged``: how a variant is laid over a setting's shared sections."""
 
-from benchmarks.tuning import merged, setting
+from benchmarks.tuning import merged, retained_split, setting
 
 
 def test_a_variant_overrides_fields_and_keeps_the_rest():
@@ -50,3 +50,18 @@ def test_identities_kept_setting_erases_the_hundred_and_keeps_and_retains_only_t
     assert shared["prior"]["retain"] == [c["name"] for c in kept] and st.preset == "identities"
     assert [c["name"] for c in setting("identities_kept", 100).cases[0][1]] == [
         c["name"] for c in setting("identities").cases[0][1]]
+
+
+def test_identities_retained_setting_keeps_the_hundred_and_retains_only_the_first_k():
+    st = setting("identities_retained", 28)
+    (erased, kept, shared), = st.cases
+    assert len(erased) == 100 and len(kept) == 100 and st.retained == 28 and st.preset == "identities"
+    assert shared["prior"]["retain"] == [c["name"] for c in kept[:28]]
+    # the same erase as identities_kept at the same K: the LoRAs and fusions are shared through the store
+    assert shared == setting("identities_kept", 28).cases[0][2] and erased == setting("identities_kept", 28).cases[0][0]
+
+
+def test_retained_split_means_each_group():
+    per = {"a": 1.0, "b": 0.5, "c": 0.0, "d": 0.25}
+    assert retained_split(per, ["a", "b", "c", "d"], 2) == {"acc_s_retained": 75.0, "acc_s_unretained": 12.5}
+    assert retained_split(per, ["a", "b"], 2) == {"acc_s_retained": 75.0, "acc_s_unretained": None}
