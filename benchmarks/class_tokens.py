@@ -9,7 +9,8 @@ prefix) acts on every class whose EOS is close to it. The objects preset's stron
 For the 200 identities it measures the same thing in aggregate: each identity's mean EOS-and-padding embedding
 (over a few templates), their mean pairwise cosine, how many directions hold 90 % and 99 % of the variance of
 the kept identities (0-99) around the mean, how much of an erased identity's (100-199) deviation a linear
-combination of the kept ones explains (R^2; what a linear K/V edit cannot separate), and how much of the
+combination of the kept ones explains (R^2; what a linear K/V edit cannot separate; also from only the first K
+kept), and how much of the
 variance an additive first-name + last-name model explains. Finally it asks which positions the UNet reads an
 identity from: 20 identities are generated (4 seeds) from their own context with one span of positions replaced by
 the anchor prompt's ("a portrait of a person") at the same positions, and the classifier says how many are still
@@ -32,6 +33,7 @@ import torch
 from benchmarks.quality import RESULTS
 
 ANIMALS = ("bird", "cat", "deer", "dog", "frog", "horse")
+KEPT_COUNTS = (10, 28, 50, 100)  # the kept identities of benchmarks.tuning's identities_kept runs (and all 100)
 
 
 @torch.no_grad()
@@ -71,10 +73,7 @@ def identity_geometry(emb: torch.Tensor, names: list[str], kept: int = 100) -> d
     dev = emb - emb.mean(0)
     energy = torch.linalg.svdvals(dev[:kept]).pow(2)
     cum = energy.cumsum(0) / energy.sum()
-    basis = dev[:kept].T  # [d, kept]
-    coef = torch.linalg.lstsq(basis, dev[kept:].T).solution
-    resid = (basis @ coef - dev[kept:].T).pow(2).sum(0)
-    r2_kept = 1 - resid / dev[kept:].T.pow(2).sum(0)
+    r2_kept = r2_from_rows(dev[:kept], dev[kept:])
     parts = [sorted({n.split()[0] for n in names}), sorted({n.split()[-1] for n in names})]
     onehot = torch.tensor([[float(n.split()[0] == f) for f in parts[0]] + [float(n.split()[-1] == la) for la in parts[1]]
                            for n in names], dtype=torch.float64)
@@ -84,7 +83,16 @@ def identity_geometry(emb: torch.Tensor, names: list[str], kept: int = 100) -> d
             "dims_90": int((cum < 0.9).sum()) + 1, "dims_99": int((cum < 0.99).sum()) + 1,
             "erased_r2_from_kept_mean": round(r2_kept.mean().item(), 3),
             "erased_r2_from_kept_min": round(r2_kept.min().item(), 3),
-            "name_parts_r2": round(1 - ((fit - dev).pow(2).sum() / dev.pow(2).sum()).item(), 3)}
+            "name_parts_r2": round(1 - ((fit - dev).pow(2).sum() / dev.pow(2).sum()).item(), 3),
+            "erased_r2_by_kept": {k: round(r2_from_rows(dev[:k], dev[kept:]).mean().item(), 3)
+                                  for k in KEPT_COUNTS if k <= kept}}
+
+
+def r2_from_rows(basis: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row of ``targets``: the share (R^2) of it that a least-squares combination of ``basis``'s rows explains."""
+    coef = torch.linalg.lstsq(basis.T, targets.T).solution
+    resid = (basis.T @ coef - targets.T).pow(2).sum(0)
+    return 1 - resid / targets.T.pow(2).sum(0)
 
 
 CONTEXT_SWAPS = ("none", "name", "tail", "padding", "through_eos")
@@ -179,6 +187,10 @@ def main() -> None:
            f"200 random Gaussian vectors of width {width}, for comparison: mean pairwise cosine "
            f"{rnd['mean_pair_cos']}, {rnd['dims_90']} / {rnd['dims_99']} directions for 90 / 99 %, "
            f"R^2 from the first 100 {rnd['erased_r2_from_kept_mean']}, name-part model {rnd['name_parts_r2']}.",
+           "", "Mean R^2 of an erased identity's deviation from the first K kept ones (the kept sets of `python -m "
+           "benchmarks.tuning --suite identities_kept --count K`):", "",
+           "| K kept | tails | random vectors |", "|---|---|---|",
+           *[f"| {k} | {v} | {rnd['erased_r2_by_kept'][k]} |" for k, v in ids["erased_r2_by_kept"].items()],
            "", "## Identities: which positions the UNet reads", "",
            "Identity top-1 of 20 identities (100, 105, ..., 195; 4 seeds) generated from \"a portrait of <name>\" "
            "with one span of the context replaced by that of \"a portrait of a person\" at the same positions:", "",

@@ -47,3 +47,14 @@ def test_swap_context_replaces_exactly_the_named_span():
     assert taken == {"none": [], "name": [4, 5, 6], "tail": [7, 8, 9], "padding": [8, 9],
                      "through_eos": list(range(8))}
     assert own.sum() == 0  # the input is not modified
+
+
+def test_r2_from_more_kept_rows_never_drops_and_reaches_one_in_the_span():
+    from benchmarks.class_tokens import KEPT_COUNTS
+
+    out = identity_geometry(torch.randn(200, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64),
+                            NAMES)
+    r2 = [out["erased_r2_by_kept"][k] for k in KEPT_COUNTS]
+    assert r2 == sorted(r2) and r2[-1] == out["erased_r2_from_kept_mean"]
+    assert r2[-1] > 1 - 1e-9  # 100 random rows span all 64 dimensions
+    assert 28 / 64 - 0.15 < out["erased_r2_by_kept"][28] < 28 / 64 + 0.15  # K random directions explain about K/d
