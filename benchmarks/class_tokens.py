@@ -10,11 +10,10 @@ For the 200 identities it measures the same thing in aggregate: each identity's 
 (over a few templates), their mean pairwise cosine, how many directions hold 90 % and 99 % of the variance of
 the kept identities (0-99) around the mean, how much of an erased identity's (100-199) deviation a linear
 combination of the kept ones explains (R^2; what a linear K/V edit cannot separate; also from only the first K
-kept), and how much of the
-variance an additive first-name + last-name model explains. Finally it asks which positions the UNet reads an
-identity from: 20 identities are generated (4 seeds) from their own context with one span of positions replaced by
-the anchor prompt's ("a portrait of a person") at the same positions, and the classifier says how many are still
-the identity.
+kept), and how much of the variance an additive first-name + last-name model explains. Finally it asks which
+positions the UNet reads an identity from: 20 identities are generated (4 seeds) from their own context with one
+span of positions replaced by the anchor prompt's ("a portrait of a person") at the same positions, and the
+classifier says how many are still the identity.
 
 Run:  python -m benchmarks.class_tokens   (writes benchmarks/results/class_tokens.{json,md}; ~1 min on 2 cores)
       python -m benchmarks.class_tokens --pipeline <dir> --out <dir>   (any miniworld-format pipeline)

@@ -146,8 +146,9 @@ class Setting:
 
 
 def setting(suite: str, count: int = 1, classes: tuple[str, ...] = ()) -> Setting:
-    """The tuning setting of ``suite`` (``count``: identities erased, for ``identities_count``, or kept, for
-    ``identities_kept``, or retained, for ``identities_retained``; ``classes``: the object classes erased one at a time, all 10 when empty)."""
+    """The tuning setting of ``suite`` (``count``: identities erased, for ``identities_count``, kept, for
+    ``identities_kept``, or retained, for ``identities_retained``; ``classes``: the object classes erased one at a
+    time, all 10 when empty)."""
     if suite == "objects":
         cases = []
         for c in classes or OBJECT_CLASSES:
@@ -255,8 +256,7 @@ clip_scores_once = functools.lru_cache(maxsize=None)(clip_scores)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--suite", choices=("objects", "identities", "prior", "identities_count", "identities_kept",
-                                        "identities_retained",
-                                        "styles"), default="objects")
+                                        "identities_retained", "styles"), default="objects")
     ap.add_argument("--count", type=int, default=1,
                     help="identities erased (identities_count), kept (identities_kept) or retained "
                     "(identities_retained), 1-100")
