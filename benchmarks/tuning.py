@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from benchmarks.quality import (ABLATION_FUSION, ABLATION_LORA, PREVIOUS_OBJECTS_FUSION, PREVIOUS_OBJECTS_PRIOR,
                                 RESULTS, clip_scores, erase, evaluate, identity_concept, make_config, object_concept,
-                                retain, row, scaled_prior_weight, style_concept, suite_heldout)
+                                pct, retain, row, scaled_prior_weight, style_concept, suite_heldout)
 from miniworld.world import IDENTITIES, OBJECT_CLASSES, STYLES
 
 EXCLUDE_ERASED = {"exclude_erased": True}  # the general prior without the captions naming an erased concept
@@ -221,7 +221,7 @@ def retained_split(per_kept: dict[str, float], kept: list[str], k: int) -> dict[
     """Acc_s (%) over the first ``k`` kept concepts (the retained) and over the others, from per-concept
     accuracies."""
     def mean(names: list[str]) -> float | None:
-        return round(100 * sum(per_kept[n] for n in names) / len(names), 1) if names else None
+        return pct(sum(per_kept[n] for n in names) / len(names)) if names else None
 
     return {"acc_s_retained": mean(kept[:k]), "acc_s_unretained": mean(kept[k:])}
 
