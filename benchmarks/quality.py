@@ -88,13 +88,14 @@ def erase(cfg: Any) -> tuple[Any, float]:
     return report, time.perf_counter() - t0
 
 
-def evaluate(output: str, erased: list[dict], kept: list[dict], seeds: int, store: str) -> Any:
+def evaluate(output: str, erased: list[dict], kept: list[dict], seeds: int, store: str,
+             reference_model: str = "miniworld") -> Any:
     from flows.evaluate import evaluate as evaluate_flow
     from mace_core.config import EvaluationConfig
 
     cfg = EvaluationConfig(model=output, erased=erased, kept=kept, seeds_per_prompt=seeds, store=store,
                            with_synonyms=any(c.get("synonyms") for c in erased))
-    return evaluate_flow(cfg, reference_model="miniworld")
+    return evaluate_flow(cfg, reference_model=reference_model)
 
 
 def pct(x: float | None) -> float | None:
@@ -327,7 +328,8 @@ def split_heldout(table: Any, erased: list[str], n: int) -> dict[str, Any]:
 
 @torch.no_grad()
 def suite_heldout(store: str, erased_model: str, erased: list[str], n: int,
-                  subsets: tuple[str, ...] = ("unrelated", "erased"), with_original: bool = True) -> dict:
+                  subsets: tuple[str, ...] = ("unrelated", "erased"), with_original: bool = True,
+                  original_model: str = "miniworld") -> dict:
     """Fréchet distance (classifier features) to ground-truth renders, and CLIP score, on held-out captions.
 
     Specificity is measured on captions that name none of the erased concepts (the paper's COCO-30k FID barely
@@ -348,7 +350,7 @@ def suite_heldout(store: str, erased_model: str, erased: list[str], n: int,
     clf = load_classifier()
     clip = CLIPModel.from_pretrained(str(CLIP_DIR)).float().eval()
     tokenizer = load_tokenizer(CLIP_DIR)
-    models = (("original", "miniworld"),) * with_original + (("erased", erased_model),)
+    models = (("original", original_model),) * with_original + (("erased", erased_model),)
     pipes = {label: load_pipeline(path) for label, path in models}
     out: dict[str, Any] = {"erased_concepts": erased}
     for subset, table in split_heldout(pq.read_table(HELDOUT_CAPTIONS_PATH), erased, n).items():

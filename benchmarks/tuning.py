@@ -9,6 +9,8 @@
     python -m benchmarks.tuning --suite identities_kept --count 28  # identities: erase 100, keep K
     python -m benchmarks.tuning --suite identities_retained --count 28  # identities: erase 100, keep 100, retain K
     python -m benchmarks.tuning --variant '{"cfr": {"lam": 1000}}' --seeds 4 --out tuning_objects_lam  # a screen
+    python -m benchmarks.tuning --suite identities_kept --count 100 --model miniworld/weights_text256/pipeline
+                                                                  # another miniworld-format model, e.g. a wider one
 
 Each variant is a partial config (sections merged over ``configs/miniworld-<suite>.yaml``; objects for
 ``prior``), evaluated like the quality benchmark (same store, so LoRAs, CFR statistics and evaluation images are
@@ -41,6 +43,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchmarks.quality import (ABLATION_FUSION, ABLATION_LORA, PREVIOUS_OBJECTS_FUSION, PREVIOUS_OBJECTS_PRIOR,
                                 RESULTS, clip_scores, erase, evaluate, identity_concept, make_config, object_concept,
@@ -264,6 +267,9 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=None, help="a partial config as JSON (repeatable)")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--store", default="artifacts/bench-quality")
+    ap.add_argument("--model", default="miniworld",
+                    help="the model to erase from and the reference row's model: 'miniworld' (the shipped one) or a "
+                    "miniworld-format pipeline directory, e.g. one trained with a wider text encoder")
     ap.add_argument("--out", default="", help="results file stem under benchmarks/results (default: the suite's), "
                     "so that a --variant screen does not overwrite the suite's table")
     args = ap.parse_args()
@@ -271,6 +277,8 @@ def main() -> None:
         ap.error(f"--out {args.out!r}: give a file stem of letters, digits, '_' or '-', without a folder")
     if not 1 <= args.count <= 100:
         ap.error(f"--count {args.count}: give 1-100 (there are 100 identities to erase and 100 to keep)")
+    if args.model != "miniworld" and not (Path(args.model) / "model_index.json").is_file():
+        ap.error(f"--model {args.model}: no model_index.json there; give 'miniworld' or a diffusers pipeline directory")
     classes = tuple(c for c in args.classes.split(",") if c)
     unknown = sorted(set(classes) - set(OBJECT_CLASSES))
     if unknown:
@@ -284,8 +292,11 @@ def main() -> None:
         case_rows, case_refs = [], []
         for j, (erased, kept, shared) in enumerate(st.cases):
             case = name if len(st.cases) == 1 else f"{name}-{j}"
-            report, s = erase(make_config(st.preset or args.suite, case, erased, args.store, **merged(shared, over)))
-            ev = evaluate(report.output, erased, kept, args.seeds, args.store)
+            sections = merged(shared, over)
+            if args.model != "miniworld":
+                sections["model"] = {**sections.get("model", {}), "path": args.model}
+            report, s = erase(make_config(st.preset or args.suite, case, erased, args.store, **sections))
+            ev = evaluate(report.output, erased, kept, args.seeds, args.store, reference_model=args.model)
             case_rows.append(row(label, report, ev, s))
             case_refs.append(row("original model", None, ev, None, "reference_metrics"))
             if st.retained:
@@ -297,23 +308,24 @@ def main() -> None:
                     r |= {"clip_e": c["erased"], "clip_s": c["kept"], "h_a": round(c["kept"] - c["erased"], 2)}
             if st.heldout:  # the original model's scores are the same for every variant: computed once per case
                 h = suite_heldout(args.store, report.output, [c["name"] for c in erased], 200, ("unrelated",),
-                                  with_original=i == 0)["unrelated"]
+                                  with_original=i == 0, original_model=args.model)["unrelated"]
                 original[j] = original.get(j) or h["original"]
                 for r, scores in ((case_rows[-1], h["erased"]), (case_refs[-1], original[j])):
                     r |= {"frechet_unrelated": scores["frechet_to_renders"], "clip_unrelated": scores["clip_score"]}
         rows.append(mean_row(case_rows))
         reference = mean_row(case_refs)
         print(rows[-1], flush=True)
-    from miniworld.paths import PIPELINE_DIR
-    from tasks._cache import files_digest
+    from tasks._cache import files_digest, model_dir
 
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": args.seeds, "rows": rows, "reference": reference,
-              "model_digest": files_digest(PIPELINE_DIR), "erased": [[c["name"] for c in e] for e, _, _ in st.cases],
+              "model": args.model, "model_digest": files_digest(model_dir(args.model)),
+              "erased": [[c["name"] for c in e] for e, _, _ in st.cases],
               "command": "python -m benchmarks.tuning" + (f" --suite {args.suite}" if args.suite != "objects" else "")
               + (f" --count {args.count}" if args.suite.startswith("identities_") else "")
               + (f" --classes {args.classes}" if classes else "")
               + (f" --seeds {args.seeds}" if args.seeds != 4 else "")
               + "".join(f" --variant '{v}'" for v in args.variant or ())
+              + (f" --model {args.model}" if args.model != "miniworld" else "")
               + (f" --out {args.out}" if args.out else "")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = args.out or st.stem

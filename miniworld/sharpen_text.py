@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from transformers import CLIPTextModel
 
 from miniworld.corpus import spec_of
-from miniworld.models import TEXT_DIM
 from miniworld.paths import PIPELINE_DIR, TRAIN_DIR
 from miniworld.prompts import object_prompt
 from miniworld.render import Subject
@@ -131,10 +130,11 @@ def main() -> None:
     student = CLIPTextModel.from_pretrained(str(args.components / "text_encoder")).float().to(args.device)
     teacher = copy.deepcopy(student).requires_grad_(False).eval()
     similarity_before = class_word_similarity(teacher, tokenizer)
-    prototypes = torch.nn.Parameter(torch.randn(len(SUBJECT_NAMES), TEXT_DIM, device=args.device))
+    width = student.config.hidden_size
+    prototypes = torch.nn.Parameter(torch.randn(len(SUBJECT_NAMES), width, device=args.device))
     heads = {"prototypes": torch.nn.ParameterList([prototypes])}
     if args.tail_weight:  # the default run creates no tail state, so it draws and checkpoints as before
-        tail_prototypes = torch.nn.Parameter(torch.randn(len(SUBJECT_NAMES), TEXT_DIM, device=args.device))
+        tail_prototypes = torch.nn.Parameter(torch.randn(len(SUBJECT_NAMES), width, device=args.device))
         heads["tail_prototypes"] = torch.nn.ParameterList([tail_prototypes])
     params = list(student.parameters()) + [h[0] for h in heads.values()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPTextModel
 
-from miniworld.models import TEXT_DIM, make_clip
+from miniworld.models import IMAGE_DIM, TEXT_DIM, make_clip
 from miniworld.paths import CLIP_DIR, PIPELINE_DIR
 from miniworld.tokenizer import load_tokenizer
 from miniworld.training import warmup_cosine, corpus_images, corpus_labels, finish, parser, start, to_float
@@ -39,6 +39,8 @@ def main() -> None:
     p = parser(__doc__, CLIP_DIR, steps=3000, batch_size=256, lr=1e-3)
     p.add_argument("--text-encoder-out", type=Path, default=PIPELINE_DIR / "text_encoder")
     p.add_argument("--tokenizer", type=Path, default=PIPELINE_DIR / "tokenizer")
+    p.add_argument("--text-dim", type=int, default=TEXT_DIM,
+                   help="width of the text tower, which the UNet and every later stage read from its config")
     args = p.parse_args()
     run = start(args, "clip")
     images, rows = corpus_images(args)
@@ -49,9 +51,9 @@ def main() -> None:
     ids = ids[:, : int((ids == tokenizer.eos_token_id).int().argmax(1).max()) + 1].to(args.device)
     targets = {h: v.to(args.device) for h, v in corpus_labels(rows, AUX_HEADS, SHIPPED_CLIP_HUE_FREE).items()}
     data = torch.from_numpy(images).to(args.device)
-    clip = make_clip(len(tokenizer)).to(args.device)
+    clip = make_clip(len(tokenizer), args.text_dim).to(args.device)
     heads = torch.nn.ModuleDict(
-        {f"{tower}_{h}": torch.nn.Linear(TEXT_DIM, len(HEADS[h])) for tower in ("text", "image") for h in AUX_HEADS}
+        {f"{tower}_{h}": torch.nn.Linear(IMAGE_DIM, len(HEADS[h])) for tower in ("text", "image") for h in AUX_HEADS}
     ).to(args.device)
     params = list(clip.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)

@@ -156,7 +156,7 @@ def main() -> None:
     empty = encode_contexts(text_encoder, tokenize(tokenizer, [""]), dev)
     scheduler = make_scheduler()
     alphas = scheduler.alphas_cumprod.to(dev)
-    unet = make_unet().to(dev)
+    unet = make_unet(text_encoder.config.hidden_size).to(dev)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
     sched = warmup_cosine(opt, args.steps, 0.03)

@@ -65,3 +65,17 @@ def test_retained_split_means_each_group():
     per = {"a": 1.0, "b": 0.5, "c": 0.0, "d": 0.25}
     assert retained_split(per, ["a", "b", "c", "d"], 2) == {"acc_s_retained": 75.0, "acc_s_unretained": 12.5}
     assert retained_split(per, ["a", "b"], 2) == {"acc_s_retained": 75.0, "acc_s_unretained": None}
+
+
+def test_an_unknown_model_directory_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    from benchmarks.tuning import main
+
+    monkeypatch.setattr(sys, "argv", ["tuning", "--suite", "identities_kept", "--count", "100",
+                                      "--model", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2 and "no model_index.json there" in capsys.readouterr().err

@@ -123,3 +123,38 @@ def test_prompted_objects_are_recognised_above_chance(pipe):
     target = torch.tensor([i // 2 for i in range(len(prompts))])
     acc = float((pred == target).float().mean())
     assert acc >= 0.2, acc
+
+
+def test_the_architecture_builders_rebuild_the_shipped_configs():
+    """``make_clip``/``make_unet`` at their default width are the shipped architectures (the width option of a wider
+    text encoder changed no default)."""
+    import json
+
+    from miniworld.models import make_clip, make_unet
+    from miniworld.tokenizer import load_tokenizer
+
+    shipped_clip = json.loads((CLIP_DIR / "config.json").read_text())
+    built = make_clip(len(load_tokenizer(CLIP_DIR))).config
+    for tower, config in (("text_config", built.text_config), ("vision_config", built.vision_config)):
+        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "projection_dim"):
+            assert getattr(config, key) == shipped_clip[tower][key], (tower, key)
+    assert built.projection_dim == shipped_clip["projection_dim"]
+    shipped_unet = json.loads((PIPELINE_DIR / "unet" / "config.json").read_text())
+    unet = dict(make_unet().config)
+    assert {k: v for k, v in unet.items() if not k.startswith("_")} == {
+        k: (tuple(v) if isinstance(v, list) else v) for k, v in shipped_unet.items() if not k.startswith("_")}
+
+
+def test_a_wider_text_tower_widens_only_the_text_side_and_the_unet_reads_it():
+    from miniworld.models import IMAGE_DIM, make_clip, make_unet
+
+    clip = make_clip(100, text_dim=256)
+    assert clip.config.text_config.hidden_size == 256 and clip.config.text_config.intermediate_size == 1024
+    assert clip.config.vision_config.hidden_size == IMAGE_DIM and clip.config.projection_dim == IMAGE_DIM
+    ids = torch.randint(0, 98, (2, 77))
+    with torch.no_grad():
+        text = clip.text_model(ids)
+        context = text.last_hidden_state
+        assert context.shape == (2, 77, 256) and clip.text_projection(text.pooler_output).shape == (2, IMAGE_DIM)
+        out = make_unet(256)(torch.randn(2, 4, 8, 8), 10, encoder_hidden_states=context).sample
+    assert out.shape == (2, 4, 8, 8)
