@@ -98,7 +98,8 @@ def main() -> None:
              "(32x32 images, `miniworld/render.py`) and caption grammar (200k captions, `miniworld/data/`). "
              "The pipeline directory loads with `StableDiffusionPipeline.from_pretrained('miniworld/weights/pipeline')`.\n",
              "## Components and sizes\n", "| part | directory | MB |", "|---|---|---|"]
-    for part, d in (("VAE (32x32x3 <-> 8x8x4)", "pipeline/vae"), ("CLIP text tower (4 layers, d=128)", "pipeline/text_encoder"),
+    width = json.loads((WEIGHTS_DIR / "pipeline" / "text_encoder" / "config.json").read_text())["hidden_size"]
+    for part, d in (("VAE (32x32x3 <-> 8x8x4)", "pipeline/vae"), (f"CLIP text tower (4 layers, d={width})", "pipeline/text_encoder"),
                     ("UNet (64/128 channels, cross-attention at 8x8 and 4x4, fp16 on disk)", "pipeline/unet"),
                     ("tokenizer + scheduler (DPM-Solver++)", "pipeline/tokenizer"), ("full CLIP (text + image towers, fp16)", "clip"),
                     ("evaluation classifier (object/colour/scene/style/identity heads)", "classifier")):
