@@ -161,20 +161,15 @@ def test_a_wider_text_tower_widens_only_the_text_side_and_the_unet_reads_it():
 
 
 def test_the_256_wide_world_reads_its_wider_encoder_and_shares_the_shipped_vae_and_tokenizer():
-    import hashlib
     import json
 
     from miniworld.paths import TEXT256_WEIGHTS_DIR
+    from tasks._cache import files_digest
 
     wide = TEXT256_WEIGHTS_DIR / "pipeline"
     text = json.loads((wide / "text_encoder" / "config.json").read_text())
     unet = json.loads((wide / "unet" / "config.json").read_text())
     assert text["hidden_size"] == unet["cross_attention_dim"] == 256
-
-    def digest(folder):
-        return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(folder.rglob("*")) if p.is_file()}
-
     for part in ("vae", "tokenizer", "scheduler"):
-        assert digest(wide / part) == digest(PIPELINE_DIR / part), part
+        assert files_digest(wide, (part,)) == files_digest(PIPELINE_DIR, (part,)), part
     assert json.loads((TEXT256_WEIGHTS_DIR / "quality" / "quality.json").read_text())["figures"]["identity_top1"] >= 0.85
