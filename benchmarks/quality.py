@@ -2,6 +2,7 @@
 
     python -m benchmarks.quality                          # every suite, default sizes
     python -m benchmarks.quality --suites objects --seeds 8
+    python -m benchmarks.quality --suites identities --model miniworld/weights_text256/pipeline --out quality_text256
 
 Suites (each an erase run per setting through ``flows.erase`` + a paired evaluation through ``flows.evaluate``,
 all cached in one artifact store, so a rerun is cheap and LoRAs are shared between settings that contain the
@@ -23,8 +24,8 @@ prior's retain list (for objects a deliberate change: the paper's CIFAR-10 runs 
   to the captions' ground-truth renders and CLIP score, original vs the ablation's full MACE model (5 objects
   erased); the captions naming an erased class are scored apart.
 
-Writes ``benchmarks/results/quality.json``, ``quality.md`` and ``quality_identities.png``. The original model is
-the reference row of every table. The configs are the shipped presets (configs/miniworld-*.yaml) with only the
+Writes ``benchmarks/results/quality.json``, ``quality.md`` and ``quality_identities.png`` (``--out`` names another
+stem). The original model (the shipped miniworld, or ``--model``) is the reference row of every table. The configs are the shipped presets (configs/miniworld-*.yaml) with only the
 concept lists (and, for identities and styles, the retain list) changed. The preset variants that were tried
 are in ``benchmarks/tuning.py``.
 """
@@ -35,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -53,11 +55,16 @@ OBJECT_MAPPING = "meadow"  # a scene of the world: "a photo of a cat" -> "a phot
 # ----------------------------------------------------------------------------------------------------
 
 
-def make_config(preset: str, name: str, concepts: list[dict], store: str, **sections: dict) -> Any:
+def make_config(preset: str, name: str, concepts: list[dict], store: str, model: str = "miniworld",
+                **sections: dict) -> Any:
+    """The shipped preset with its concept list, store and (for a model other than the shipped miniworld) model path
+    replaced, and ``sections`` merged field by field."""
     from mace_cli.config_io import config_from_mapping, read_mapping
 
     data = read_mapping(PRESETS / f"miniworld-{preset}.yaml")
     data |= {"name": name, "concepts": concepts}
+    if model != "miniworld":
+        data["model"] = {**data.get("model", {}), "path": model}
     data["execution"] = {**data.get("execution", {}), "store": store}
     for section, over in sections.items():
         data[section] = {**data.get(section, {}), **over}
@@ -117,14 +124,15 @@ def row(label: str, report: Any, ev: Any, seconds: float | None, which: str = "m
 # ----------------------------------------------------------------------------------------------------
 
 
-def suite_objects(store: str, seeds: int, n_classes: int = 10) -> dict:
+def suite_objects(store: str, seeds: int, n_classes: int = 10, model: str = "miniworld") -> dict:
     from miniworld.world import OBJECT_CLASSES
 
     rows, reference = [], []
     for c in OBJECT_CLASSES[:n_classes]:
         kept = [object_concept(k) for k in OBJECT_CLASSES if k != c]
-        report, s = erase(make_config("objects", f"q-object-{c}", [object_concept(c)], store, prior=retain(kept)))
-        ev = evaluate(report.output, [object_concept(c)], kept, seeds, store)
+        report, s = erase(make_config("objects", f"q-object-{c}", [object_concept(c)], store, model,
+                                      prior=retain(kept)))
+        ev = evaluate(report.output, [object_concept(c)], kept, seeds, store, model)
         rows.append(row(c, report, ev, s))
         reference.append(row(c, None, ev, None, "reference_metrics"))
     mean = {k: round(float(np.mean([r[k] for r in rows])), 1) for k in ("acc_e", "acc_s", "acc_g", "h_o")}
@@ -132,8 +140,8 @@ def suite_objects(store: str, seeds: int, n_classes: int = 10) -> dict:
     out = {"single": rows, "single_mean": mean, "reference_single_mean": ref_mean}
     if n_classes == len(OBJECT_CLASSES):
         every = [object_concept(c) for c in OBJECT_CLASSES]
-        report, s = erase(make_config("objects", "q-object-all10", every, store))
-        ev = evaluate(report.output, every, [], seeds, store)
+        report, s = erase(make_config("objects", "q-object-all10", every, store, model))
+        ev = evaluate(report.output, every, [], seeds, store, model)
         out |= {"all10": row("all 10", report, ev, s), "all10_output": report.output,
                 "reference_all10": row("all 10", None, ev, None, "reference_metrics")}
     return out
@@ -148,7 +156,7 @@ ABLATION_LORA = {"steps": 200}
 ABLATION_FUSION = PREVIOUS_OBJECTS_FUSION | {"prior_weight": PREVIOUS_OBJECTS_FUSION["prior_weight"] * 5}
 
 
-def suite_ablation(store: str, seeds: int) -> dict:
+def suite_ablation(store: str, seeds: int, model: str = "miniworld") -> dict:
     from miniworld.world import OBJECT_CLASSES
 
     erased = [object_concept(c) for c in OBJECT_CLASSES[:5]]
@@ -165,10 +173,10 @@ def suite_ablation(store: str, seeds: int) -> dict:
         slug = label.split(" (")[0].lower().replace(" ", "-") + ("-joint" if "joint" in label else "")
         fusion = ABLATION_FUSION | over.get("fusion", {})
         lora = ABLATION_LORA | over.get("lora", {})
-        report, s = erase(make_config("objects", f"q-ablation-{slug}", erased, store,
+        report, s = erase(make_config("objects", f"q-ablation-{slug}", erased, store, model,
                                       **({"prior": retain(kept) | PREVIOUS_OBJECTS_PRIOR} | over
                                          | {"fusion": fusion, "lora": lora})))
-        ev = evaluate(report.output, erased, kept, seeds, store)
+        ev = evaluate(report.output, erased, kept, seeds, store, model)
         rows.append(row(label, report, ev, s))
         outputs[label] = report.output
     return {"erased": [c["name"] for c in erased], "rows": rows, "outputs": outputs,
@@ -189,7 +197,7 @@ def scaled_prior_weight(preset: str, n: int, tuned_at: int) -> float:
     return round(tuned * n / tuned_at, 9)
 
 
-def suite_identities(store: str, seeds: int, counts: list[int]) -> dict:
+def suite_identities(store: str, seeds: int, counts: list[int], model: str = "miniworld") -> dict:
     from miniworld.world import IDENTITIES
 
     kept = [identity_concept(n) for n in IDENTITIES[:100]]
@@ -197,9 +205,9 @@ def suite_identities(store: str, seeds: int, counts: list[int]) -> dict:
     for n in counts:
         erased = [identity_concept(x) for x in IDENTITIES[100:100 + n]]
         fusion = {"prior_weight": scaled_prior_weight("identities", n, tuned_at=100)}
-        report, s = erase(make_config("identities", f"q-identities-{n}", erased, store, prior=retain(kept),
+        report, s = erase(make_config("identities", f"q-identities-{n}", erased, store, model, prior=retain(kept),
                                       fusion=fusion))
-        ev = evaluate(report.output, erased, kept, seeds, store)
+        ev = evaluate(report.output, erased, kept, seeds, store, model)
         rows.append(row(f"{n} erased", report, ev, s) | {"n": n})
         refs.append(row(f"{n} (original)", None, ev, None, "reference_metrics") | {"n": n})
     return {"rows": rows, "reference": refs, "kept": 100}
@@ -225,7 +233,7 @@ def identity_overlap_split() -> dict[str, list[str]]:
     return out
 
 
-def suite_identity_overlap(store: str, seeds: int, counts: list[int]) -> dict:
+def suite_identity_overlap(store: str, seeds: int, counts: list[int], model: str = "miniworld") -> dict:
     """Diagnostic for the identities suite: how much of the kept identities' loss comes from shared name parts.
 
     One erase per N (the first N of the erased part of ``identity_overlap_split``), all 152 others retained and
@@ -239,9 +247,9 @@ def suite_identity_overlap(store: str, seeds: int, counts: list[int]) -> dict:
     for n in counts:
         erased = [identity_concept(x) for x in split["erased"][:n]]
         fusion = {"prior_weight": scaled_prior_weight("identities", n, tuned_at=100)}
-        report, _ = erase(make_config("identities", f"q-identity-overlap-{n}", erased, store, prior=retain(kept),
-                                      fusion=fusion))
-        ev = evaluate(report.output, erased, kept, seeds, store)
+        report, _ = erase(make_config("identities", f"q-identity-overlap-{n}", erased, store, model,
+                                      prior=retain(kept), fusion=fusion))
+        ev = evaluate(report.output, erased, kept, seeds, store, model)
         for label, m in (("erased", ev.metrics), ("original", ev.reference_metrics)):
             acc = m["per_concept"]["kept"]
             acc_e = m["accuracy"]["erased"]
@@ -291,7 +299,8 @@ def style_concept(name: str) -> dict:
     return {"name": name, "type": "style", "mapping": "art"}
 
 
-def suite_styles(store: str, seeds: int, heldout: int, counts: tuple[int, ...] = (10, 15, 20)) -> dict:
+def suite_styles(store: str, seeds: int, heldout: int, counts: tuple[int, ...] = (10, 15, 20),
+                 model: str = "miniworld") -> dict:
     """Erase the first N of the 20 styles keeping (and retaining) the rest, N in ``counts``; the styles preset is
     tuned at 10, its fusion prior weight is scaled by N/10. The 10-style model is also scored on held-out captions."""
     from miniworld.world import STYLES
@@ -300,8 +309,9 @@ def suite_styles(store: str, seeds: int, heldout: int, counts: tuple[int, ...] =
     for n in counts:
         erased, kept = [style_concept(x) for x in STYLES[:n]], [style_concept(x) for x in STYLES[n:]]
         fusion = {"prior_weight": scaled_prior_weight("styles", n, tuned_at=10)}
-        report, s = erase(make_config("styles", f"q-styles-{n}", erased, store, prior=retain(kept), fusion=fusion))
-        ev = evaluate(report.output, erased, kept, seeds, store)
+        report, s = erase(make_config("styles", f"q-styles-{n}", erased, store, model, prior=retain(kept),
+                                      fusion=fusion))
+        ev = evaluate(report.output, erased, kept, seeds, store, model)
         after, before = clip_scores(store, ev.model_ref), clip_scores(store, ev.reference_ref)
         h = {k: round(v["kept"] - v["erased"], 2) if "kept" in v else None for k, v in (("after", after),
                                                                                        ("before", before))}
@@ -309,7 +319,8 @@ def suite_styles(store: str, seeds: int, heldout: int, counts: tuple[int, ...] =
                             "reference": row(f"original, N={n}", None, ev, None, "reference_metrics") | {"n": n},
                             "clip_after": after, "clip_before": before, "h_a": h})
         if n == 10:
-            out["heldout"] = suite_heldout(store, report.output, [c["name"] for c in erased], heldout)
+            out["heldout"] = suite_heldout(store, report.output, [c["name"] for c in erased], heldout,
+                                           original_model=model)
     return out
 
 
@@ -415,12 +426,15 @@ def _heldout_table(model: str, kind: str, h: dict) -> str:
     return "".join(md)
 
 
-def write_report(result: dict) -> None:
+def write_report(result: dict, stem: str = "quality") -> None:
+    """``<stem>.json``, ``<stem>.md`` and (with the identities suite) ``<stem>_identities.png`` under
+    benchmarks/results."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
     runs = "".join(f"- {k}: `{r['command']}` ({r['date']}, {r['wall_s']} s, {r['seeds']} seeds per prompt)\n"
                    for k, r in result["runs"].items())
-    md = [f"# Erasure quality on the miniworld\n\nMachine: {result['machine']}; model weights digest "
+    model = "" if result.get("model", "miniworld") == "miniworld" else f" ({result['model']})"
+    md = [f"# Erasure quality on the miniworld{model}\n\nMachine: {result['machine']}; model weights digest "
           f"`{result['model_digest'][:16]}`, classifier digest `{result['judge_digest'][:16]}`. Suites and the "
           f"commands that measured them:\n\n{runs}\n"
           "Accuracies are the miniworld classifier's top-1 on generated images, in %. Acc_e, Acc_g: lower is "
@@ -442,7 +456,7 @@ def write_report(result: dict) -> None:
         i = result["identities"]
         md.append("\n## Identities: erase N, keep 100 others\n\n")
         md.append(_table(i["rows"] + [r | {"setting": f"original, N={r['n']}"} for r in i["reference"]], cols))
-        md.append("\n![H_c vs number of erased identities](quality_identities.png)\n")
+        md.append(f"\n![H_c vs number of erased identities]({stem}_identities.png)\n")
     if "identity_overlap" in result:
         md.append(_overlap_table(result["identity_overlap"]))
     if "styles" in result:
@@ -459,7 +473,7 @@ def write_report(result: dict) -> None:
         md.append(_heldout_table("the ablation's full MACE model", "class", result["heldout"]))
     if "heldout" in result.get("styles", {}):
         md.append(_heldout_table("the 10-style model", "style", result["styles"]["heldout"]))
-    (RESULTS / "quality.md").write_text("".join(md))
+    (RESULTS / f"{stem}.md").write_text("".join(md))
     if "identities" in result:
         import matplotlib
 
@@ -476,7 +490,7 @@ def write_report(result: dict) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(RESULTS / "quality_identities.png", dpi=120)
+        fig.savefig(RESULTS / f"{stem}_identities.png", dpi=120)
 
 
 def main() -> None:
@@ -488,52 +502,64 @@ def main() -> None:
     p.add_argument("--identities", default="1,5,10,100", help="identity counts to erase")
     p.add_argument("--heldout", type=int, default=200, help="held-out captions for specificity")
     p.add_argument("--store", default=os.environ.get("MACE_BENCH_STORE", "artifacts/bench-quality"))
+    p.add_argument("--model", default="miniworld",
+                   help="the model to erase from and the reference rows' model: 'miniworld' (the shipped one) or a "
+                   "miniworld-format pipeline directory, e.g. one trained with a wider text encoder")
+    p.add_argument("--out", default="quality", help="results file stem under benchmarks/results")
     args = p.parse_args()
+    if not re.fullmatch(r"[\w-]+", args.out):
+        p.error(f"--out {args.out!r}: give a file stem of letters, digits, '_' or '-', without a folder")
+    if args.model != "miniworld" and not (Path(args.model) / "model_index.json").is_file():
+        p.error(f"--model {args.model}: no model_index.json there; give 'miniworld' or a diffusers pipeline directory")
     suites = args.suites.split(",")
     t0 = time.perf_counter()
     result: dict[str, Any] = {"machine": {"cpu": platform.machine(), "cores": os.cpu_count(),
                                           "torch": torch.__version__, "threads": torch.get_num_threads()},
                               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": args.seeds}
     from mace_core.prompt_sets import file_digest
-    from miniworld.paths import CLASSIFIER_DIR, PIPELINE_DIR
-    from tasks._cache import files_digest
+    from miniworld.paths import CLASSIFIER_DIR
+    from tasks._cache import files_digest, model_dir
 
     # suites of an earlier invocation are kept only when the same model weights made the images and the same
     # classifier judged them
-    result["model_digest"] = files_digest(Path(PIPELINE_DIR))
+    result["model"] = args.model
+    result["model_digest"] = files_digest(model_dir(args.model))
     result["judge_digest"] = file_digest(CLASSIFIER_DIR / "model.safetensors")
-    previous = json.loads((RESULTS / "quality.json").read_text()) if (RESULTS / "quality.json").exists() else {}
+    report_json = RESULTS / f"{args.out}.json"
+    previous = json.loads(report_json.read_text()) if report_json.exists() else {}
     if (previous.get("model_digest"), previous.get("judge_digest")) == (result["model_digest"], result["judge_digest"]):
         result |= {k: v for k, v in previous.items() if k in SUITES}
         result["runs"] = {k: v for k, v in previous.get("runs", {}).items() if k in SUITES}
     result.setdefault("runs", {})
-    command = "python -m benchmarks.quality " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                                                         if k != "store")
+    command = "python -m benchmarks.quality " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if k != "store" and (k, v) not in (("model", "miniworld"), ("out", "quality")))
     for suite in suites:
         t = time.perf_counter()
         if suite == "objects":
-            result["objects"] = suite_objects(args.store, args.seeds, args.object_classes)
+            result["objects"] = suite_objects(args.store, args.seeds, args.object_classes, args.model)
         elif suite == "ablation":
-            result["ablation"] = suite_ablation(args.store, args.seeds)
+            result["ablation"] = suite_ablation(args.store, args.seeds, args.model)
         elif suite == "identities":
             counts = [int(x) for x in args.identities.split(",")]
-            result["identities"] = suite_identities(args.store, args.seeds, counts)
+            result["identities"] = suite_identities(args.store, args.seeds, counts, args.model)
         elif suite == "identity_overlap":
-            result["identity_overlap"] = suite_identity_overlap(args.store, args.seeds, [1, 10, 48])
+            result["identity_overlap"] = suite_identity_overlap(args.store, args.seeds, [1, 10, 48], args.model)
         elif suite == "styles":
-            result["styles"] = suite_styles(args.store, args.seeds, args.heldout)
+            result["styles"] = suite_styles(args.store, args.seeds, args.heldout, model=args.model)
         elif suite == "heldout":
             model = result.get("ablation", {}).get("outputs", {}).get("full MACE (independent base)")
             if model is None:
                 raise SystemExit("the heldout suite compares with the ablation's full model: run that suite first")
-            result["heldout"] = suite_heldout(args.store, model, result["ablation"]["erased"], args.heldout)
+            result["heldout"] = suite_heldout(args.store, model, result["ablation"]["erased"], args.heldout,
+                                              original_model=args.model)
         else:
             raise SystemExit(f"unknown suite {suite!r}")
         print(f"{suite}: {time.perf_counter() - t:.0f} s", flush=True)
         result["runs"][suite] = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                                  "wall_s": round(time.perf_counter() - t), "seeds": args.seeds}
         result["wall_s"] = time.perf_counter() - t0
-        write_report(result)
+        write_report(result, args.out)
 
 
 if __name__ == "__main__":

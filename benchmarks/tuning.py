@@ -292,10 +292,8 @@ def main() -> None:
         case_rows, case_refs = [], []
         for j, (erased, kept, shared) in enumerate(st.cases):
             case = name if len(st.cases) == 1 else f"{name}-{j}"
-            sections = merged(shared, over)
-            if args.model != "miniworld":
-                sections["model"] = {**sections.get("model", {}), "path": args.model}
-            report, s = erase(make_config(st.preset or args.suite, case, erased, args.store, **sections))
+            report, s = erase(make_config(st.preset or args.suite, case, erased, args.store, args.model,
+                                          **merged(shared, over)))
             ev = evaluate(report.output, erased, kept, args.seeds, args.store, reference_model=args.model)
             case_rows.append(row(label, report, ev, s))
             case_refs.append(row("original model", None, ev, None, "reference_metrics"))

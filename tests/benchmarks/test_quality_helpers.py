@@ -84,3 +84,25 @@ def test_identity_overlap_groups_share_exactly_the_named_part():
     for group, (first, last) in expected.items():
         for name in split[group]:
             assert (name.split()[0] in firsts, name.split()[1] in lasts) == (first, last), (group, name)
+
+
+def test_make_config_points_at_another_model_only_when_given_one(tmp_path):
+    from benchmarks.quality import make_config, object_concept
+
+    shipped = make_config("objects", "q-x", [object_concept("cat")], str(tmp_path))
+    other = make_config("objects", "q-x", [object_concept("cat")], str(tmp_path), "some/pipeline")
+    assert shipped.model.path == "miniworld" and other.model.path == "some/pipeline"
+    assert other.model_copy(update={"model": shipped.model}) == shipped
+
+
+def test_quality_refuses_an_unknown_model_directory_before_any_work(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    from benchmarks.quality import main
+
+    monkeypatch.setattr(sys, "argv", ["quality", "--suites", "identities", "--model", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2 and "no model_index.json there" in capsys.readouterr().err
