@@ -236,12 +236,9 @@ def model_dir(path: str) -> Path:
     Raises FileNotFoundError naming ``model.path`` when nothing usable is found (no download is tried).
     """
     if path == "miniworld":
-        from miniworld import paths as mw_paths
+        from miniworld.paths import PIPELINE_DIR
 
-        for name in ("PIPELINE_PATH", "PIPELINE_DIR", "MODEL_PATH", "MODEL_DIR", "WEIGHTS_PIPELINE"):
-            if hasattr(mw_paths, name):
-                return Path(getattr(mw_paths, name))
-        return Path(mw_paths.__file__).resolve().parent / "weights" / "pipeline"
+        return Path(PIPELINE_DIR)
     p = Path(path).expanduser()
     if p.is_dir():
         if not (p / "model_index.json").is_file():

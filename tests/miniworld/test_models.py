@@ -173,3 +173,11 @@ def test_the_256_wide_world_reads_its_wider_encoder_and_shares_the_shipped_vae_a
     for part in ("vae", "tokenizer", "scheduler"):
         assert files_digest(wide, (part,)) == files_digest(PIPELINE_DIR, (part,)), part
     assert json.loads((TEXT256_WEIGHTS_DIR / "quality" / "quality.json").read_text())["figures"]["identity_top1"] >= 0.85
+
+
+def test_model_path_miniworld_names_the_shipped_pipeline_and_a_directory_names_itself():
+    from miniworld.paths import TEXT256_WEIGHTS_DIR
+    from tasks._cache import model_dir
+
+    assert model_dir("miniworld") == PIPELINE_DIR and (model_dir("miniworld") / "model_index.json").is_file()
+    assert model_dir(str(TEXT256_WEIGHTS_DIR / "pipeline")) == (TEXT256_WEIGHTS_DIR / "pipeline").resolve()
