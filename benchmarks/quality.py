@@ -25,9 +25,10 @@ prior's retain list (for objects a deliberate change: the paper's CIFAR-10 runs 
   erased); the captions naming an erased class are scored apart.
 
 Writes ``benchmarks/results/quality.json``, ``quality.md`` and ``quality_identities.png`` (``--out`` names another
-stem). The original model (the shipped miniworld, or ``--model``) is the reference row of every table. The configs are the shipped presets (configs/miniworld-*.yaml) with only the
-concept lists (and, for identities and styles, the retain list) changed. The preset variants that were tried
-are in ``benchmarks/tuning.py``.
+stem). The original model (the shipped miniworld, or ``--model``) is the reference row of every table. The configs
+are the shipped presets (configs/miniworld-*.yaml) with only the concept lists (and, for identities and styles, the
+retain list) changed, and ``--variant`` merged over them. The preset variants that were tried are in
+``benchmarks/tuning.py``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import os
 import platform
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,19 +57,30 @@ OBJECT_MAPPING = "meadow"  # a scene of the world: "a photo of a cat" -> "a phot
 # ----------------------------------------------------------------------------------------------------
 
 
-def make_config(preset: str, name: str, concepts: list[dict], store: str, model: str = "miniworld",
+@dataclass(frozen=True)
+class Subject:
+    """The model every suite erases from (and whose original is the reference row), and a partial config merged
+    field by field over every suite's settings (e.g. a fusion weight tuned for that model)."""
+
+    path: str = "miniworld"
+    variant: dict = field(default_factory=dict)
+
+
+SHIPPED = Subject()
+
+
+def make_config(preset: str, name: str, concepts: list[dict], store: str, subject: Subject = SHIPPED,
                 **sections: dict) -> Any:
-    """The shipped preset with its concept list, store and (for a model other than the shipped miniworld) model path
-    replaced, and ``sections`` merged field by field."""
+    """The shipped preset with its concept list and store replaced, then ``sections`` and the subject's variant
+    merged field by field, and the subject's model path."""
     from mace_cli.config_io import config_from_mapping, read_mapping
 
     data = read_mapping(PRESETS / f"miniworld-{preset}.yaml")
     data |= {"name": name, "concepts": concepts}
-    if model != "miniworld":
-        data["model"] = {**data.get("model", {}), "path": model}
     data["execution"] = {**data.get("execution", {}), "store": store}
-    for section, over in sections.items():
-        data[section] = {**data.get(section, {}), **over}
+    for over in (sections, subject.variant, {"model": {"path": subject.path}}):
+        for section, fields in over.items():
+            data[section] = {**data.get(section, {}), **fields}
     return config_from_mapping(data, name)
 
 
@@ -124,7 +137,7 @@ def row(label: str, report: Any, ev: Any, seconds: float | None, which: str = "m
 # ----------------------------------------------------------------------------------------------------
 
 
-def suite_objects(store: str, seeds: int, n_classes: int = 10, model: str = "miniworld") -> dict:
+def suite_objects(store: str, seeds: int, n_classes: int = 10, subject: Subject = SHIPPED) -> dict:
     from miniworld.world import OBJECT_CLASSES
 
     rows, reference = [], []
@@ -132,7 +145,7 @@ def suite_objects(store: str, seeds: int, n_classes: int = 10, model: str = "min
         kept = [object_concept(k) for k in OBJECT_CLASSES if k != c]
         report, s = erase(make_config("objects", f"q-object-{c}", [object_concept(c)], store, model,
                                       prior=retain(kept)))
-        ev = evaluate(report.output, [object_concept(c)], kept, seeds, store, model)
+        ev = evaluate(report.output, [object_concept(c)], kept, seeds, store, subject.path)
         rows.append(row(c, report, ev, s))
         reference.append(row(c, None, ev, None, "reference_metrics"))
     mean = {k: round(float(np.mean([r[k] for r in rows])), 1) for k in ("acc_e", "acc_s", "acc_g", "h_o")}
@@ -140,8 +153,8 @@ def suite_objects(store: str, seeds: int, n_classes: int = 10, model: str = "min
     out = {"single": rows, "single_mean": mean, "reference_single_mean": ref_mean}
     if n_classes == len(OBJECT_CLASSES):
         every = [object_concept(c) for c in OBJECT_CLASSES]
-        report, s = erase(make_config("objects", "q-object-all10", every, store, model))
-        ev = evaluate(report.output, every, [], seeds, store, model)
+        report, s = erase(make_config("objects", "q-object-all10", every, store, subject))
+        ev = evaluate(report.output, every, [], seeds, store, subject.path)
         out |= {"all10": row("all 10", report, ev, s), "all10_output": report.output,
                 "reference_all10": row("all 10", None, ev, None, "reference_metrics")}
     return out
@@ -156,7 +169,7 @@ ABLATION_LORA = {"steps": 200}
 ABLATION_FUSION = PREVIOUS_OBJECTS_FUSION | {"prior_weight": PREVIOUS_OBJECTS_FUSION["prior_weight"] * 5}
 
 
-def suite_ablation(store: str, seeds: int, model: str = "miniworld") -> dict:
+def suite_ablation(store: str, seeds: int, subject: Subject = SHIPPED) -> dict:
     from miniworld.world import OBJECT_CLASSES
 
     erased = [object_concept(c) for c in OBJECT_CLASSES[:5]]
@@ -173,10 +186,10 @@ def suite_ablation(store: str, seeds: int, model: str = "miniworld") -> dict:
         slug = label.split(" (")[0].lower().replace(" ", "-") + ("-joint" if "joint" in label else "")
         fusion = ABLATION_FUSION | over.get("fusion", {})
         lora = ABLATION_LORA | over.get("lora", {})
-        report, s = erase(make_config("objects", f"q-ablation-{slug}", erased, store, model,
+        report, s = erase(make_config("objects", f"q-ablation-{slug}", erased, store, subject,
                                       **({"prior": retain(kept) | PREVIOUS_OBJECTS_PRIOR} | over
                                          | {"fusion": fusion, "lora": lora})))
-        ev = evaluate(report.output, erased, kept, seeds, store, model)
+        ev = evaluate(report.output, erased, kept, seeds, store, subject.path)
         rows.append(row(label, report, ev, s))
         outputs[label] = report.output
     return {"erased": [c["name"] for c in erased], "rows": rows, "outputs": outputs,
@@ -197,7 +210,7 @@ def scaled_prior_weight(preset: str, n: int, tuned_at: int) -> float:
     return round(tuned * n / tuned_at, 9)
 
 
-def suite_identities(store: str, seeds: int, counts: list[int], model: str = "miniworld") -> dict:
+def suite_identities(store: str, seeds: int, counts: list[int], subject: Subject = SHIPPED) -> dict:
     from miniworld.world import IDENTITIES
 
     kept = [identity_concept(n) for n in IDENTITIES[:100]]
@@ -205,9 +218,9 @@ def suite_identities(store: str, seeds: int, counts: list[int], model: str = "mi
     for n in counts:
         erased = [identity_concept(x) for x in IDENTITIES[100:100 + n]]
         fusion = {"prior_weight": scaled_prior_weight("identities", n, tuned_at=100)}
-        report, s = erase(make_config("identities", f"q-identities-{n}", erased, store, model, prior=retain(kept),
+        report, s = erase(make_config("identities", f"q-identities-{n}", erased, store, subject, prior=retain(kept),
                                       fusion=fusion))
-        ev = evaluate(report.output, erased, kept, seeds, store, model)
+        ev = evaluate(report.output, erased, kept, seeds, store, subject.path)
         rows.append(row(f"{n} erased", report, ev, s) | {"n": n})
         refs.append(row(f"{n} (original)", None, ev, None, "reference_metrics") | {"n": n})
     return {"rows": rows, "reference": refs, "kept": 100}
@@ -233,7 +246,7 @@ def identity_overlap_split() -> dict[str, list[str]]:
     return out
 
 
-def suite_identity_overlap(store: str, seeds: int, counts: list[int], model: str = "miniworld") -> dict:
+def suite_identity_overlap(store: str, seeds: int, counts: list[int], subject: Subject = SHIPPED) -> dict:
     """Diagnostic for the identities suite: how much of the kept identities' loss comes from shared name parts.
 
     One erase per N (the first N of the erased part of ``identity_overlap_split``), all 152 others retained and
@@ -247,9 +260,9 @@ def suite_identity_overlap(store: str, seeds: int, counts: list[int], model: str
     for n in counts:
         erased = [identity_concept(x) for x in split["erased"][:n]]
         fusion = {"prior_weight": scaled_prior_weight("identities", n, tuned_at=100)}
-        report, _ = erase(make_config("identities", f"q-identity-overlap-{n}", erased, store, model,
+        report, _ = erase(make_config("identities", f"q-identity-overlap-{n}", erased, store, subject,
                                       prior=retain(kept), fusion=fusion))
-        ev = evaluate(report.output, erased, kept, seeds, store, model)
+        ev = evaluate(report.output, erased, kept, seeds, store, subject.path)
         for label, m in (("erased", ev.metrics), ("original", ev.reference_metrics)):
             acc = m["per_concept"]["kept"]
             acc_e = m["accuracy"]["erased"]
@@ -300,7 +313,7 @@ def style_concept(name: str) -> dict:
 
 
 def suite_styles(store: str, seeds: int, heldout: int, counts: tuple[int, ...] = (10, 15, 20),
-                 model: str = "miniworld") -> dict:
+                 subject: Subject = SHIPPED) -> dict:
     """Erase the first N of the 20 styles keeping (and retaining) the rest, N in ``counts``; the styles preset is
     tuned at 10, its fusion prior weight is scaled by N/10. The 10-style model is also scored on held-out captions."""
     from miniworld.world import STYLES
@@ -309,9 +322,9 @@ def suite_styles(store: str, seeds: int, heldout: int, counts: tuple[int, ...] =
     for n in counts:
         erased, kept = [style_concept(x) for x in STYLES[:n]], [style_concept(x) for x in STYLES[n:]]
         fusion = {"prior_weight": scaled_prior_weight("styles", n, tuned_at=10)}
-        report, s = erase(make_config("styles", f"q-styles-{n}", erased, store, model, prior=retain(kept),
+        report, s = erase(make_config("styles", f"q-styles-{n}", erased, store, subject, prior=retain(kept),
                                       fusion=fusion))
-        ev = evaluate(report.output, erased, kept, seeds, store, model)
+        ev = evaluate(report.output, erased, kept, seeds, store, subject.path)
         after, before = clip_scores(store, ev.model_ref), clip_scores(store, ev.reference_ref)
         h = {k: round(v["kept"] - v["erased"], 2) if "kept" in v else None for k, v in (("after", after),
                                                                                        ("before", before))}
@@ -320,7 +333,7 @@ def suite_styles(store: str, seeds: int, heldout: int, counts: tuple[int, ...] =
                             "clip_after": after, "clip_before": before, "h_a": h})
         if n == 10:
             out["heldout"] = suite_heldout(store, report.output, [c["name"] for c in erased], heldout,
-                                           original_model=model)
+                                           original_model=subject.path)
     return out
 
 
@@ -434,6 +447,7 @@ def write_report(result: dict, stem: str = "quality") -> None:
     runs = "".join(f"- {k}: `{r['command']}` ({r['date']}, {r['wall_s']} s, {r['seeds']} seeds per prompt)\n"
                    for k, r in result["runs"].items())
     model = "" if result.get("model", "miniworld") == "miniworld" else f" ({result['model']})"
+    model += f", variant `{json.dumps(result['variant'])}`" if result.get("variant") else ""
     md = [f"# Erasure quality on the miniworld{model}\n\nMachine: {result['machine']}; model weights digest "
           f"`{result['model_digest'][:16]}`, classifier digest `{result['judge_digest'][:16]}`. Suites and the "
           f"commands that measured them:\n\n{runs}\n"
@@ -493,6 +507,9 @@ def write_report(result: dict, stem: str = "quality") -> None:
         fig.savefig(RESULTS / f"{stem}_identities.png", dpi=120)
 
 
+VARIANT_EXAMPLE = """'{"fusion": {"domain_weight": 8000}}'"""
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suites", default="objects,ablation,identities,styles,heldout",
@@ -505,12 +522,20 @@ def main() -> None:
     p.add_argument("--model", default="miniworld",
                    help="the model to erase from and the reference rows' model: 'miniworld' (the shipped one) or a "
                    "miniworld-format pipeline directory, e.g. one trained with a wider text encoder")
+    p.add_argument("--variant", default="{}", help="a partial config as JSON, merged over every suite's settings, "
+                   f"e.g. {VARIANT_EXAMPLE}")
     p.add_argument("--out", default="quality", help="results file stem under benchmarks/results")
     args = p.parse_args()
     if not re.fullmatch(r"[\w-]+", args.out):
         p.error(f"--out {args.out!r}: give a file stem of letters, digits, '_' or '-', without a folder")
     if args.model != "miniworld" and not (Path(args.model) / "model_index.json").is_file():
         p.error(f"--model {args.model}: no model_index.json there; give 'miniworld' or a diffusers pipeline directory")
+    try:
+        subject = Subject(args.model, json.loads(args.variant))
+    except json.JSONDecodeError as e:
+        p.error(f"--variant {args.variant!r} is not JSON ({e}); give e.g. {VARIANT_EXAMPLE}")
+    if not isinstance(subject.variant, dict) or not all(isinstance(v, dict) for v in subject.variant.values()):
+        p.error(f"--variant {args.variant!r}: give config sections, e.g. {VARIANT_EXAMPLE}")
     suites = args.suites.split(",")
     t0 = time.perf_counter()
     result: dict[str, Any] = {"machine": {"cpu": platform.machine(), "cores": os.cpu_count(),
@@ -520,39 +545,41 @@ def main() -> None:
     from miniworld.paths import CLASSIFIER_DIR
     from tasks._cache import files_digest, model_dir
 
-    # suites of an earlier invocation are kept only when the same model weights made the images and the same
-    # classifier judged them
+    # suites of an earlier invocation are kept only when the same model weights made the images under the same
+    # variant and the same classifier judged them
     result["model"] = args.model
+    result["variant"] = subject.variant
     result["model_digest"] = files_digest(model_dir(args.model))
     result["judge_digest"] = file_digest(CLASSIFIER_DIR / "model.safetensors")
     report_json = RESULTS / f"{args.out}.json"
     previous = json.loads(report_json.read_text()) if report_json.exists() else {}
-    if (previous.get("model_digest"), previous.get("judge_digest")) == (result["model_digest"], result["judge_digest"]):
+    same = ("model_digest", "judge_digest", "variant")
+    if all(previous.get(k, {}) == result[k] for k in same):
         result |= {k: v for k, v in previous.items() if k in SUITES}
         result["runs"] = {k: v for k, v in previous.get("runs", {}).items() if k in SUITES}
     result.setdefault("runs", {})
     command = "python -m benchmarks.quality " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-        if k != "store" and (k, v) not in (("model", "miniworld"), ("out", "quality")))
+        if k != "store" and (k, v) not in (("model", "miniworld"), ("variant", "{}"), ("out", "quality")))
     for suite in suites:
         t = time.perf_counter()
         if suite == "objects":
-            result["objects"] = suite_objects(args.store, args.seeds, args.object_classes, args.model)
+            result["objects"] = suite_objects(args.store, args.seeds, args.object_classes, subject)
         elif suite == "ablation":
-            result["ablation"] = suite_ablation(args.store, args.seeds, args.model)
+            result["ablation"] = suite_ablation(args.store, args.seeds, subject)
         elif suite == "identities":
             counts = [int(x) for x in args.identities.split(",")]
-            result["identities"] = suite_identities(args.store, args.seeds, counts, args.model)
+            result["identities"] = suite_identities(args.store, args.seeds, counts, subject)
         elif suite == "identity_overlap":
-            result["identity_overlap"] = suite_identity_overlap(args.store, args.seeds, [1, 10, 48], args.model)
+            result["identity_overlap"] = suite_identity_overlap(args.store, args.seeds, [1, 10, 48], subject)
         elif suite == "styles":
-            result["styles"] = suite_styles(args.store, args.seeds, args.heldout, model=args.model)
+            result["styles"] = suite_styles(args.store, args.seeds, args.heldout, subject=subject)
         elif suite == "heldout":
             model = result.get("ablation", {}).get("outputs", {}).get("full MACE (independent base)")
             if model is None:
                 raise SystemExit("the heldout suite compares with the ablation's full model: run that suite first")
             result["heldout"] = suite_heldout(args.store, model, result["ablation"]["erased"], args.heldout,
-                                              original_model=args.model)
+                                              original_model=subject.path)
         else:
             raise SystemExit(f"unknown suite {suite!r}")
         print(f"{suite}: {time.perf_counter() - t:.0f} s", flush=True)

@@ -46,8 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.quality import (ABLATION_FUSION, ABLATION_LORA, PREVIOUS_OBJECTS_FUSION, PREVIOUS_OBJECTS_PRIOR,
-                                RESULTS, clip_scores, erase, evaluate, identity_concept, make_config, object_concept,
-                                pct, retain, row, scaled_prior_weight, style_concept, suite_heldout)
+                                RESULTS, Subject, clip_scores, erase, evaluate, identity_concept, make_config,
+                                object_concept, pct, retain, row, scaled_prior_weight, style_concept, suite_heldout)
 from miniworld.world import IDENTITIES, OBJECT_CLASSES, STYLES
 
 EXCLUDE_ERASED = {"exclude_erased": True}  # the general prior without the captions naming an erased concept
@@ -292,7 +292,7 @@ def main() -> None:
         case_rows, case_refs = [], []
         for j, (erased, kept, shared) in enumerate(st.cases):
             case = name if len(st.cases) == 1 else f"{name}-{j}"
-            report, s = erase(make_config(st.preset or args.suite, case, erased, args.store, args.model,
+            report, s = erase(make_config(st.preset or args.suite, case, erased, args.store, Subject(args.model),
                                           **merged(shared, over)))
             ev = evaluate(report.output, erased, kept, args.seeds, args.store, reference_model=args.model)
             case_rows.append(row(label, report, ev, s))

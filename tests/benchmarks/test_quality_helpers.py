@@ -86,13 +86,19 @@ def test_identity_overlap_groups_share_exactly_the_named_part():
             assert (name.split()[0] in firsts, name.split()[1] in lasts) == (first, last), (group, name)
 
 
-def test_make_config_points_at_another_model_only_when_given_one(tmp_path):
-    from benchmarks.quality import make_config, object_concept
+def test_make_config_points_at_the_subject_model_and_merges_its_variant_last(tmp_path):
+    from benchmarks.quality import Subject, make_config, object_concept
 
-    shipped = make_config("objects", "q-x", [object_concept("cat")], str(tmp_path))
-    other = make_config("objects", "q-x", [object_concept("cat")], str(tmp_path), "some/pipeline")
+    cat = [object_concept("cat")]
+    shipped = make_config("identities", "q-x", cat, str(tmp_path), fusion={"prior_weight": 0.5})
+    other = make_config("identities", "q-x", cat, str(tmp_path), Subject("some/pipeline"), fusion={"prior_weight": 0.5})
     assert shipped.model.path == "miniworld" and other.model.path == "some/pipeline"
     assert other.model_copy(update={"model": shipped.model}) == shipped
+    tuned = make_config("identities", "q-x", cat, str(tmp_path), Subject(variant={"fusion": {"domain_weight": 8000}}),
+                        fusion={"prior_weight": 0.5})
+    # the variant changes its field and keeps the suite's scaled prior weight and the preset's other fields
+    assert tuned.fusion.domain_weight == 8000 and tuned.fusion.prior_weight == 0.5
+    assert tuned.model_copy(update={"fusion": shipped.fusion}) == shipped
 
 
 def test_quality_refuses_an_unknown_model_directory_before_any_work(tmp_path, monkeypatch, capsys):
@@ -106,3 +112,17 @@ def test_quality_refuses_an_unknown_model_directory_before_any_work(tmp_path, mo
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 2 and "no model_index.json there" in capsys.readouterr().err
+
+
+def test_quality_refuses_a_variant_that_is_not_config_sections(monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    from benchmarks.quality import main
+
+    for bad, said in (("{fusion: 1}", "is not JSON"), ('{"fusion": 8000}', "give config sections")):
+        monkeypatch.setattr(sys, "argv", ["quality", "--suites", "identities", "--variant", bad])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        assert exc.value.code == 2 and said in capsys.readouterr().err
