@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -559,7 +560,7 @@ def main() -> None:
         result["runs"] = {k: v for k, v in previous.get("runs", {}).items() if k in SUITES}
     result.setdefault("runs", {})
     command = "python -m benchmarks.quality " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items()
         if k != "store" and (k, v) not in (("model", "miniworld"), ("variant", "{}"), ("out", "quality")))
     for suite in suites:
         t = time.perf_counter()
