@@ -144,7 +144,7 @@ def suite_objects(store: str, seeds: int, n_classes: int = 10, subject: Subject 
     rows, reference = [], []
     for c in OBJECT_CLASSES[:n_classes]:
         kept = [object_concept(k) for k in OBJECT_CLASSES if k != c]
-        report, s = erase(make_config("objects", f"q-object-{c}", [object_concept(c)], store, model,
+        report, s = erase(make_config("objects", f"q-object-{c}", [object_concept(c)], store, subject,
                                       prior=retain(kept)))
         ev = evaluate(report.output, [object_concept(c)], kept, seeds, store, subject.path)
         rows.append(row(c, report, ev, s))

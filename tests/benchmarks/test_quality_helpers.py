@@ -126,3 +126,30 @@ def test_quality_refuses_a_variant_that_is_not_config_sections(monkeypatch, caps
         with pytest.raises(SystemExit) as exc:
             main()
         assert exc.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_every_suite_erases_from_the_subject_model_with_its_variant(tmp_path, monkeypatch):
+    import pytest
+
+    from benchmarks import quality
+
+    class Erased(Exception):
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+    def stop(cfg):
+        raise Erased(cfg)
+
+    monkeypatch.setattr(quality, "erase", stop)
+    subject = quality.Subject("some/pipeline", {"lora": {"steps": 7}})
+    store = str(tmp_path)
+    runs = {"objects": lambda: quality.suite_objects(store, 1, 10, subject),
+            "ablation": lambda: quality.suite_ablation(store, 1, subject),
+            "identities": lambda: quality.suite_identities(store, 1, [1], subject),
+            "identity_overlap": lambda: quality.suite_identity_overlap(store, 1, [1], subject),
+            "styles": lambda: quality.suite_styles(store, 1, 10, (10,), subject)}
+    assert set(runs) | {"heldout"} == set(quality.SUITES)
+    for suite, run in runs.items():
+        with pytest.raises(Erased) as first:
+            run()
+        assert first.value.cfg.model.path == "some/pipeline" and first.value.cfg.lora.steps == 7, suite
