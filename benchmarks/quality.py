@@ -509,6 +509,17 @@ def write_report(result: dict, stem: str = "quality") -> None:
 
 
 VARIANT_EXAMPLE = """'{"fusion": {"domain_weight": 8000}}'"""
+MODEL_HELP = ("the model to erase from and the reference rows' model: 'miniworld' (the shipped one) or a "
+              "miniworld-format pipeline directory, e.g. one trained with a wider text encoder")
+
+
+def check_model_and_stem(p: argparse.ArgumentParser, model: str, stem: str | None) -> None:
+    """One-line argparse errors, before any work, for a ``--model`` that is no pipeline directory and an ``--out``
+    that is no plain file stem (``None``: the caller's default stem)."""
+    if stem is not None and not re.fullmatch(r"[\w-]+", stem):
+        p.error(f"--out {stem!r}: give a file stem of letters, digits, '_' or '-', without a folder")
+    if model != "miniworld" and not (Path(model) / "model_index.json").is_file():
+        p.error(f"--model {model}: no model_index.json there; give 'miniworld' or a diffusers pipeline directory")
 
 
 def main() -> None:
@@ -520,17 +531,12 @@ def main() -> None:
     p.add_argument("--identities", default="1,5,10,100", help="identity counts to erase")
     p.add_argument("--heldout", type=int, default=200, help="held-out captions for specificity")
     p.add_argument("--store", default=os.environ.get("MACE_BENCH_STORE", "artifacts/bench-quality"))
-    p.add_argument("--model", default="miniworld",
-                   help="the model to erase from and the reference rows' model: 'miniworld' (the shipped one) or a "
-                   "miniworld-format pipeline directory, e.g. one trained with a wider text encoder")
+    p.add_argument("--model", default="miniworld", help=MODEL_HELP)
     p.add_argument("--variant", default="{}", help="a partial config as JSON, merged over every suite's settings, "
                    f"e.g. {VARIANT_EXAMPLE}")
     p.add_argument("--out", default="quality", help="results file stem under benchmarks/results")
     args = p.parse_args()
-    if not re.fullmatch(r"[\w-]+", args.out):
-        p.error(f"--out {args.out!r}: give a file stem of letters, digits, '_' or '-', without a folder")
-    if args.model != "miniworld" and not (Path(args.model) / "model_index.json").is_file():
-        p.error(f"--model {args.model}: no model_index.json there; give 'miniworld' or a diffusers pipeline directory")
+    check_model_and_stem(p, args.model, args.out)
     try:
         subject = Subject(args.model, json.loads(args.variant))
     except json.JSONDecodeError as e:

@@ -40,14 +40,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from benchmarks.quality import (ABLATION_FUSION, ABLATION_LORA, PREVIOUS_OBJECTS_FUSION, PREVIOUS_OBJECTS_PRIOR,
-                                RESULTS, Subject, clip_scores, erase, evaluate, identity_concept, make_config,
-                                object_concept, pct, retain, row, scaled_prior_weight, style_concept, suite_heldout)
+                                MODEL_HELP, RESULTS, Subject, check_model_and_stem, clip_scores, erase, evaluate,
+                                identity_concept, make_config, object_concept, pct, retain, row, scaled_prior_weight,
+                                style_concept, suite_heldout)
 from miniworld.world import IDENTITIES, OBJECT_CLASSES, STYLES
 
 EXCLUDE_ERASED = {"exclude_erased": True}  # the general prior without the captions naming an erased concept
@@ -267,18 +266,13 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=None, help="a partial config as JSON (repeatable)")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--store", default="artifacts/bench-quality")
-    ap.add_argument("--model", default="miniworld",
-                    help="the model to erase from and the reference row's model: 'miniworld' (the shipped one) or a "
-                    "miniworld-format pipeline directory, e.g. one trained with a wider text encoder")
+    ap.add_argument("--model", default="miniworld", help=MODEL_HELP)
     ap.add_argument("--out", default="", help="results file stem under benchmarks/results (default: the suite's), "
                     "so that a --variant screen does not overwrite the suite's table")
     args = ap.parse_args()
-    if not re.fullmatch(r"[\w-]*", args.out):
-        ap.error(f"--out {args.out!r}: give a file stem of letters, digits, '_' or '-', without a folder")
+    check_model_and_stem(ap, args.model, args.out or None)
     if not 1 <= args.count <= 100:
         ap.error(f"--count {args.count}: give 1-100 (there are 100 identities to erase and 100 to keep)")
-    if args.model != "miniworld" and not (Path(args.model) / "model_index.json").is_file():
-        ap.error(f"--model {args.model}: no model_index.json there; give 'miniworld' or a diffusers pipeline directory")
     classes = tuple(c for c in args.classes.split(",") if c)
     unknown = sorted(set(classes) - set(OBJECT_CLASSES))
     if unknown:
