@@ -251,6 +251,26 @@ def merged(base: dict, over: dict) -> dict:
     return out
 
 
+HOLDOUT_METRICS = ("acc_e", "acc_s", "acc_g", "h_o", "h_c")
+
+
+def holdout_scores(store: str, ref_id: str, first: int, seeds: int) -> dict:
+    """The suite's accuracies and harmonic means (%) over the images of seed index >= ``first`` of an evaluation
+    (``--holdout-from``): a screen run with ``--seeds first`` chose its variant without seeing them."""
+    from mace_core.evaluation import accuracy_from_index
+    from mace_core.metrics import harmonic_celebrities, harmonic_objects
+    from tasks._cache import open_store
+    from tasks.evaluate import load_rows
+
+    st = open_store(store)
+    a = accuracy_from_index(load_rows(st, st.get(*ref_id.split("/"))), first, seeds)
+    e, s, g = a["erased"], a["kept"], a["synonym"]
+    h_c = None if None in (e, s) else harmonic_celebrities(e, s)
+    h_o = None if None in (e, s, g) else harmonic_objects(e, s, g)
+    values = {"acc_e": e, "acc_s": s, "acc_g": g, "h_o": h_o, "h_c": h_c}
+    return {f"{k}_holdout": pct(v) for k, v in values.items()}
+
+
 # the original model's images, and so their CLIP scores, are the same for every variant: scored once
 clip_scores_once = functools.lru_cache(maxsize=None)(clip_scores)
 
@@ -265,6 +285,9 @@ def main() -> None:
     ap.add_argument("--classes", default="", help="objects: comma-separated classes to screen (default all 10)")
     ap.add_argument("--variant", action="append", default=None, help="a partial config as JSON (repeatable)")
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--holdout-from", type=int, default=0, metavar="I",
+                    help="also score each variant on the images of seed index I and above only (with --seeds above "
+                    "I): those a screen run with --seeds I did not see, so its pick is scored without selection bias")
     ap.add_argument("--store", default="artifacts/bench-quality")
     ap.add_argument("--model", default="miniworld", help=MODEL_HELP)
     ap.add_argument("--out", default="", help="results file stem under benchmarks/results (default: the suite's), "
@@ -277,7 +300,11 @@ def main() -> None:
     unknown = sorted(set(classes) - set(OBJECT_CLASSES))
     if unknown:
         ap.error(f"unknown class(es) {unknown}: choose from {', '.join(OBJECT_CLASSES)}")
+    if args.holdout_from and not 0 < args.holdout_from < args.seeds:
+        ap.error(f"--holdout-from {args.holdout_from}: give 1 to --seeds - 1 ({args.seeds - 1}), the first seed index "
+                 "the screen did not see")
     st = setting(args.suite, args.count, classes)
+    keys = st.keys + tuple(f"{k}_holdout" for k in HOLDOUT_METRICS if k in st.keys and args.holdout_from)
     variants = [json.loads(v) for v in args.variant] if args.variant else list(st.variants)
     rows, reference, original = [], None, {}
     for i, over in enumerate(variants):
@@ -291,6 +318,9 @@ def main() -> None:
             ev = evaluate(report.output, erased, kept, args.seeds, args.store, reference_model=args.model)
             case_rows.append(row(label, report, ev, s))
             case_refs.append(row("original model", None, ev, None, "reference_metrics"))
+            if args.holdout_from:
+                for r, ref in ((case_rows[-1], ev.model_ref), (case_refs[-1], ev.reference_ref)):
+                    r |= holdout_scores(args.store, ref, args.holdout_from, args.seeds)
             if st.retained:
                 for r, m in ((case_rows[-1], ev.metrics), (case_refs[-1], ev.reference_metrics)):
                     r |= retained_split(m["per_concept"]["kept"], [c["name"] for c in kept], st.retained)
@@ -316,6 +346,7 @@ def main() -> None:
               + (f" --count {args.count}" if args.suite.startswith("identities_") else "")
               + (f" --classes {args.classes}" if classes else "")
               + (f" --seeds {args.seeds}" if args.seeds != 4 else "")
+              + (f" --holdout-from {args.holdout_from}" if args.holdout_from else "")
               + "".join(f" --variant '{v}'" for v in args.variant or ())
               + (f" --model {args.model}" if args.model != "miniworld" else "")
               + (f" --out {args.out}" if args.out else "")}
@@ -325,9 +356,10 @@ def main() -> None:
     md = [f"# {args.suite.capitalize().replace('_', ' ')}: preset variants tried", "",
           f"`{result['command']}` ({result['date']}, {args.seeds} seeds per prompt, "
           f"model {result['model_digest'][:12]}). "
-          f"{st.what} Accuracies in %.", "",
-          "| variant | " + " | ".join(st.keys) + " |", "|---|" + "---|" * len(st.keys)]
-    md += [f"| {r['setting']} | " + " | ".join(str(r[k]) for k in st.keys) + " |" for r in [*rows, reference]]
+          f"{st.what} Accuracies in %." + (f" Columns *_holdout: images of seed index {args.holdout_from}-"
+                                           f"{args.seeds - 1} only." if args.holdout_from else ""), "",
+          "| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    md += [f"| {r['setting']} | " + " | ".join(str(r[k]) for k in keys) + " |" for r in [*rows, reference]]
     (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

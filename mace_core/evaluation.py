@@ -69,6 +69,26 @@ class EvalResult:
         return None if None in (e, s) else harmonic_celebrities(e, s)
 
 
+def image_seed(base_seed: int, prompt: str, index: int) -> int:
+    """The seed of a prompt's ``index``-th evaluation image: depends on the prompt text only, so that before/after
+    images pair up and ``--seeds 8`` repeats the images of ``--seeds 4`` (indices 0-3) and adds new ones."""
+    return concept_seed(base_seed, f"{prompt}#{index}") % (2**31)
+
+
+def accuracy_from_index(rows: Sequence[dict], first: int, seeds_per_prompt: int, base_seed: int = 0) -> dict:
+    """Accuracy per group (fractions; None for an empty group) over the images whose per-prompt index is at least
+    ``first``: a screen that chose among variants on ``first`` seeds did not see them, so they score its choice
+    without the selection's optimism. ``rows``: per-image rows with group, prompt, seed and correct."""
+    if not 0 < first < seeds_per_prompt:
+        raise ValueError(f"first={first}: give 1 to seeds_per_prompt - 1 ({seeds_per_prompt - 1})")
+    hits: dict[str, list[bool]] = {}
+    for r in rows:
+        later = {image_seed(base_seed, r["prompt"], i) for i in range(first, seeds_per_prompt)}
+        if r["seed"] in later:
+            hits.setdefault(r["group"], []).append(bool(r["correct"]))
+    return {g: (sum(hits[g]) / len(hits[g]) if hits.get(g) else None) for g in ("erased", "kept", "synonym")}
+
+
 def default_prompts(concept: Concept, phrase: str) -> list[str]:
     """The paper's evaluation prompts for ``concept``'s type, with ``phrase`` substituted."""
     return [t.format(phrase) for t in DEFAULT_EVAL_TEMPLATES[concept.type]]
@@ -100,8 +120,7 @@ def build_eval_items(
     for group, concept, phrase in groups:
         for prompt in prompts_for(concept, phrase):
             for i in range(seeds_per_prompt):
-                seed = concept_seed(base_seed, f"{prompt}#{i}") % (2**31)
-                items.append(EvalItem(group, concept.name, phrase, prompt, seed))
+                items.append(EvalItem(group, concept.name, phrase, prompt, image_seed(base_seed, prompt, i)))
     return items
 
 

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mace_core.concepts import Concept
-from mace_core.evaluation import DEFAULT_EVAL_TEMPLATES, EvalGroup, EvalItem
-from mace_core.seeds import concept_seed
+from mace_core.evaluation import DEFAULT_EVAL_TEMPLATES, EvalGroup, EvalItem, image_seed
 
 #: The shipped copies of the paper's prompt files (``data/prompts/README.md`` gives their attribution).
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "data" / "prompts"
@@ -281,6 +280,5 @@ def eval_items_from_rows(
             items.append(EvalItem(group, concept, phrase, row.prompt, row.seed))
             continue
         for i in range(seeds_per_prompt):
-            seed = concept_seed(base_seed, f"{row.prompt}#{i}") % (2**31)
-            items.append(EvalItem(group, concept, phrase, row.prompt, seed))
+            items.append(EvalItem(group, concept, phrase, row.prompt, image_seed(base_seed, row.prompt, i)))
     return items

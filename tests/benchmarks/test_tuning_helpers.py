@@ -79,3 +79,17 @@ def test_an_unknown_model_directory_is_refused_before_any_work(tmp_path, monkeyp
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 2 and "no model_index.json there" in capsys.readouterr().err
+
+
+def test_a_holdout_index_outside_the_seeds_is_refused_before_any_work(monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    from benchmarks.tuning import main
+
+    monkeypatch.setattr(sys, "argv", ["tuning", "--suite", "identities_kept", "--count", "100", "--seeds", "4",
+                                      "--holdout-from", "4"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2 and "--holdout-from 4: give 1 to --seeds - 1 (3)" in capsys.readouterr().err

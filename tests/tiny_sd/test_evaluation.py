@@ -3,7 +3,7 @@
 import pytest
 
 from mace_core.concepts import Concept
-from mace_core.evaluation import build_eval_items, evaluate
+from mace_core.evaluation import accuracy_from_index, build_eval_items, evaluate
 
 CAT = Concept(name="cat", type="object", mapping="forest", synonyms=("kitty",))
 DOG = Concept(name="dog", type="object", mapping="sky")
@@ -19,6 +19,26 @@ def test_items_groups_and_paired_seeds():
     assert seeds_a == seeds_b  # a prompt's seeds do not depend on the split
     with pytest.raises(ValueError, match="both erased and kept"):
         build_eval_items([CAT], [CAT], seeds_per_prompt=1)
+
+
+def test_more_seeds_repeat_the_fewer_and_add_new_ones():
+    four = build_eval_items([CAT], [DOG], seeds_per_prompt=4)
+    eight = build_eval_items([CAT], [DOG], seeds_per_prompt=8)
+    assert set(four) < set(eight) and len(set(eight) - set(four)) == len(four)
+
+
+def test_accuracy_from_index_scores_only_the_later_seeds():
+    items = build_eval_items([CAT], [DOG], seeds_per_prompt=8, with_synonyms=False)
+    first_four = set(build_eval_items([CAT], [DOG], seeds_per_prompt=4, with_synonyms=False))
+    # erased images: wrong (recognised) on seeds 0-3, right on 4-7; kept images: right on 0-3, 1 of 4 right on 4-7
+    later_kept = [i for i in items if i.group == "kept" and i not in first_four]
+    rows = [{"group": i.group, "prompt": i.prompt, "seed": i.seed,
+             "correct": i not in first_four if i.group == "erased" else (i in first_four or i == later_kept[0])}
+            for i in items]
+    assert accuracy_from_index(rows, 4, 8) == {"erased": 1.0, "kept": 0.25, "synonym": None}
+    assert accuracy_from_index(rows, 6, 8)["kept"] == 0.0  # later_kept[0] is seed index 4
+    with pytest.raises(ValueError, match="first=8"):
+        accuracy_from_index(rows, 8, 8)
 
 
 def test_evaluate_aggregates_recogniser_verdicts(tiny_pipes):
