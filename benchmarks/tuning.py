@@ -11,6 +11,8 @@
     python -m benchmarks.tuning --variant '{"cfr": {"lam": 1000}}' --seeds 4 --out tuning_objects_lam  # a screen
     python -m benchmarks.tuning --suite identities_kept --count 100 --model miniworld/weights_text256/pipeline
                                                                   # another miniworld-format model, e.g. a wider one
+    python -m benchmarks.tuning --suite identities_kept --count 100 --seeds 8 --holdout-from 4 --variant ...
+                                # a screen's picks rescored on seed indices 4-7, which a 4-seed screen did not see
 
 Each variant is a partial config (sections merged over ``configs/miniworld-<suite>.yaml``; objects for
 ``prior``), evaluated like the quality benchmark (same store, so LoRAs, CFR statistics and evaluation images are
