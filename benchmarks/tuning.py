@@ -259,17 +259,14 @@ HOLDOUT_METRICS = ("acc_e", "acc_s", "acc_g", "h_o", "h_c")
 def holdout_scores(store: str, ref_id: str, first: int, seeds: int) -> dict:
     """The suite's accuracies and harmonic means (%) over the images of seed index >= ``first`` of an evaluation
     (``--holdout-from``): a screen run with ``--seeds first`` chose its variant without seeing them."""
-    from mace_core.evaluation import accuracy_from_index
-    from mace_core.metrics import harmonic_celebrities, harmonic_objects
+    from mace_core.evaluation import aggregate, rows_from_index
     from tasks._cache import open_store
     from tasks.evaluate import load_rows
 
     st = open_store(store)
-    a = accuracy_from_index(load_rows(st, st.get(*ref_id.split("/"))), first, seeds)
-    e, s, g = a["erased"], a["kept"], a["synonym"]
-    h_c = None if None in (e, s) else harmonic_celebrities(e, s)
-    h_o = None if None in (e, s, g) else harmonic_objects(e, s, g)
-    values = {"acc_e": e, "acc_s": s, "acc_g": g, "h_o": h_o, "h_c": h_c}
+    res = aggregate(rows_from_index(load_rows(st, st.get(*ref_id.split("/"))), first, seeds))
+    a = res.accuracy
+    values = {"acc_e": a["erased"], "acc_s": a["kept"], "acc_g": a["synonym"], "h_o": res.h_o, "h_c": res.h_c}
     return {f"{k}_holdout": pct(v) for k, v in values.items()}
 
 

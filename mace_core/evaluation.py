@@ -75,18 +75,29 @@ def image_seed(base_seed: int, prompt: str, index: int) -> int:
     return concept_seed(base_seed, f"{prompt}#{index}") % (2**31)
 
 
-def accuracy_from_index(rows: Sequence[dict], first: int, seeds_per_prompt: int, base_seed: int = 0) -> dict:
-    """Accuracy per group (fractions; None for an empty group) over the images whose per-prompt index is at least
-    ``first``: a screen that chose among variants on ``first`` seeds did not see them, so they score its choice
-    without the selection's optimism. ``rows``: per-image rows with group, prompt, seed and correct."""
+def rows_from_index(rows: Sequence[dict], first: int, seeds_per_prompt: int, base_seed: int = 0) -> list[dict]:
+    """The per-image rows whose per-prompt seed index is at least ``first``: a screen that chose among variants on
+    ``first`` seeds did not see them, so ``aggregate`` of them scores its choice without the selection's optimism."""
     if not 0 < first < seeds_per_prompt:
         raise ValueError(f"first={first}: give 1 to seeds_per_prompt - 1 ({seeds_per_prompt - 1})")
-    hits: dict[str, list[bool]] = {}
+    later: dict[str, set[int]] = {}
+    for prompt in {r["prompt"] for r in rows}:
+        later[prompt] = {image_seed(base_seed, prompt, i) for i in range(first, seeds_per_prompt)}
+    return [r for r in rows if r["seed"] in later[r["prompt"]]]
+
+
+def aggregate(rows: Sequence[dict]) -> EvalResult:
+    """Accuracy per group and per concept (fractions; None for an empty group) of per-image rows (group, concept,
+    correct)."""
+    by_group: dict[str, list[bool]] = defaultdict(list)
+    by_concept: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        later = {image_seed(base_seed, r["prompt"], i) for i in range(first, seeds_per_prompt)}
-        if r["seed"] in later:
-            hits.setdefault(r["group"], []).append(bool(r["correct"]))
-    return {g: (sum(hits[g]) / len(hits[g]) if hits.get(g) else None) for g in ("erased", "kept", "synonym")}
+        by_group[r["group"]].append(r["correct"])
+        by_concept[r["group"]][r["concept"]].append(r["correct"])
+    accuracy = {g: (sum(by_group[g]) / len(by_group[g]) if by_group[g] else None)
+                for g in ("erased", "kept", "synonym")}
+    per_concept = {g: {c: sum(v) / len(v) for c, v in cs.items()} for g, cs in by_concept.items()}
+    return EvalResult(rows=tuple(rows), accuracy=accuracy, per_concept=per_concept)
 
 
 def default_prompts(concept: Concept, phrase: str) -> list[str]:
@@ -158,12 +169,4 @@ def evaluate(
         rows += [dict(vars(it), correct=bool(v)) for it, v in zip(chunk, verdicts)]
         if progress is not None:
             progress(min(start + batch_size, len(items)), len(items))
-    by_group: dict[str, list[bool]] = defaultdict(list)
-    by_concept: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        by_group[r["group"]].append(r["correct"])
-        by_concept[r["group"]][r["concept"]].append(r["correct"])
-    accuracy = {g: (sum(by_group[g]) / len(by_group[g]) if by_group[g] else None)
-                for g in ("erased", "kept", "synonym")}
-    per_concept = {g: {c: sum(v) / len(v) for c, v in cs.items()} for g, cs in by_concept.items()}
-    return EvalResult(rows=tuple(rows), accuracy=accuracy, per_concept=per_concept)
+    return aggregate(rows)

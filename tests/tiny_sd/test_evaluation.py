@@ -3,7 +3,7 @@
 import pytest
 
 from mace_core.concepts import Concept
-from mace_core.evaluation import accuracy_from_index, build_eval_items, evaluate
+from mace_core.evaluation import aggregate, build_eval_items, evaluate, rows_from_index
 
 CAT = Concept(name="cat", type="object", mapping="forest", synonyms=("kitty",))
 DOG = Concept(name="dog", type="object", mapping="sky")
@@ -27,18 +27,19 @@ def test_more_seeds_repeat_the_fewer_and_add_new_ones():
     assert set(four) < set(eight) and len(set(eight) - set(four)) == len(four)
 
 
-def test_accuracy_from_index_scores_only_the_later_seeds():
+def test_rows_from_index_keep_only_the_later_seeds():
     items = build_eval_items([CAT], [DOG], seeds_per_prompt=8, with_synonyms=False)
     first_four = set(build_eval_items([CAT], [DOG], seeds_per_prompt=4, with_synonyms=False))
-    # erased images: wrong (recognised) on seeds 0-3, right on 4-7; kept images: right on 0-3, 1 of 4 right on 4-7
+    # the recogniser finds the erased concept only on seeds 4-7, the kept one on seeds 0-3 and on one of 4-7
     later_kept = [i for i in items if i.group == "kept" and i not in first_four]
-    rows = [{"group": i.group, "prompt": i.prompt, "seed": i.seed,
+    rows = [{"group": i.group, "concept": i.concept, "prompt": i.prompt, "seed": i.seed,
              "correct": i not in first_four if i.group == "erased" else (i in first_four or i == later_kept[0])}
             for i in items]
-    assert accuracy_from_index(rows, 4, 8) == {"erased": 1.0, "kept": 0.25, "synonym": None}
-    assert accuracy_from_index(rows, 6, 8)["kept"] == 0.0  # later_kept[0] is seed index 4
+    later = aggregate(rows_from_index(rows, 4, 8))
+    assert later.accuracy == {"erased": 1.0, "kept": 0.25, "synonym": None} and len(later.rows) == len(rows) // 2
+    assert aggregate(rows_from_index(rows, 6, 8)).accuracy["kept"] == 0.0  # later_kept[0] is seed index 4
     with pytest.raises(ValueError, match="first=8"):
-        accuracy_from_index(rows, 8, 8)
+        rows_from_index(rows, 8, 8)
 
 
 def test_evaluate_aggregates_recogniser_verdicts(tiny_pipes):
