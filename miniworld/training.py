@@ -65,7 +65,8 @@ class Run:
     def load(self, modules: dict[str, torch.nn.Module | torch.optim.Optimizer]) -> int:
         """Restore the latest checkpoint into ``modules``; return the step to resume from."""
         path = self.workdir / "checkpoint.pt"
-        if not path.exists():
+        if not path.exists():  # a fresh start: drop the rows of a session that ended before its first checkpoint
+            self._truncate_loss_log()
             return 0
         state = torch.load(path, map_location="cpu", weights_only=True)
         for name, module in modules.items():
@@ -76,8 +77,9 @@ class Run:
         return self.resumed_at
 
     def _truncate_loss_log(self) -> None:
-        """Drop the loss rows logged after the restored checkpoint (an interrupted session logs past its last
-        checkpoint; the resumed run logs those steps again) and pick up the clock where the kept rows end."""
+        """Drop the loss rows logged after the restored checkpoint, or all of them on a fresh start (an interrupted
+        session logs past its last checkpoint; this run logs those steps again) and pick up the clock where the kept
+        rows end."""
         path = self.workdir / "loss.csv"
         if not path.exists():
             return

@@ -162,6 +162,19 @@ def test_a_resumed_run_drops_loss_rows_past_its_checkpoint_and_continues_the_clo
     assert rows[-1].endswith(",0.25")
 
 
+def test_a_run_restarted_without_a_checkpoint_drops_the_rows_of_the_lost_session(tmp_path):
+    lost = Run(workdir=tmp_path, seed=0)
+    for step in (50, 100):  # logged, then the session ended before the first checkpoint
+        lost.log_loss(step, {"loss": 1.0}, seconds=step / 10)
+
+    fresh = Run(workdir=tmp_path, seed=0)
+    assert fresh.load({"model": torch.nn.Linear(2, 2)}) == 0
+    fresh.log_loss(50, {"loss": 0.5}, seconds=2.0)
+
+    rows = (tmp_path / "loss.csv").read_text().splitlines()
+    assert rows == ["step,seconds,loss", "50,2.0,0.5"]
+
+
 def test_finish_records_setup_time_and_a_resumed_session_adds_to_the_sums(tmp_path):
     started = time.time()
     first = Run(workdir=tmp_path, seed=0, created=started - 5.0)  # 5 s of loading and caches before the loop
