@@ -7,8 +7,6 @@ adding a concept to the set trains exactly one new LoRA.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import get_run_logger, task
 
 from mace_core import cfr as core_cfr

@@ -38,7 +38,6 @@ import platform
 import re
 import shutil
 import stat
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence

@@ -45,9 +45,6 @@ def small_config(model: str, store: str, **over) -> dict:
 def write_config(tmp_path):
     def write(data: dict, name: str = "config.yaml") -> str:
         path = tmp_path / name
-        if name.endswith(".toml"):
-            import tomli_w  # noqa: F401 - only if installed
-
         path.write_text(yaml.safe_dump(data), encoding="utf-8")
         return str(path)
 

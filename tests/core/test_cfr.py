@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from mace_core import cfr
-from mace_core.text_stats import ConceptStats
 from tests.core._problem import D, make_concept, make_weights
 from tests.helpers.asserts import assert_close, rel_err
 from tests.helpers.official import lstsq_cfr, official_cfr

@@ -7,7 +7,6 @@ stage runs for real on it (a few sampler / LoRA steps), so the whole folder take
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
