@@ -227,9 +227,9 @@ def test_two_processes_write_same_keys(tmp_path: Path) -> None:
     assert store.verify() == [] and not any((root / ".staging").iterdir())
 
 
-def test_threads_write_same_key(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path / "root")
-    barrier = threading.Barrier(8)
+def _race_writers(store: ArtifactStore, tags: str) -> list[BaseException]:
+    """One thread per tag writes KEY (four files of the tag), all released at once; the errors they raised."""
+    barrier = threading.Barrier(len(tags))
     errors: list[BaseException] = []
 
     def work(tag: str) -> None:
@@ -238,40 +238,28 @@ def test_threads_write_same_key(tmp_path: Path) -> None:
             with store.writer("lora", KEY) as d:
                 for i in range(4):
                     (d / f"part{i}.bin").write_bytes((tag * 3000).encode())
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted by the caller
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in "ABCDEFGH"]
+    threads = [threading.Thread(target=work, args=(t,)) for t in tags]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    return errors
+
+
+def test_threads_write_same_key(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "root")
+    assert _race_writers(store, "ABCDEFGH") == []
     _assert_whole(store, "lora", KEY)
     assert store.verify() == [] and not any((tmp_path / "root" / ".staging").iterdir())
 
 
 def test_threads_write_same_key_memory(tmp_path: Path) -> None:
     store = ArtifactStore("memory://faults-threads", cache_dir=str(tmp_path / "cache"), stale_after_s=0)
-    barrier = threading.Barrier(6)
-    errors: list[BaseException] = []
-
-    def work(tag: str) -> None:
-        try:
-            barrier.wait()
-            with store.writer("lora", KEY) as d:
-                for i in range(4):
-                    (d / f"part{i}.bin").write_bytes((tag * 3000).encode())
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-
     try:
-        threads = [threading.Thread(target=work, args=(t,)) for t in "ABCDEF"]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        assert _race_writers(store, "ABCDEF") == []
         _assert_whole(store, "lora", KEY)
         # a losing upload may remain only if it lost after the last check; gc removes it
         ref = store.get("lora", KEY)
