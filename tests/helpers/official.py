@@ -95,6 +95,15 @@ def _lstsq(inputs, targets):
     return sol.T
 
 
+def _add_prior_rows(X, Y, W, prior_tokens, prior_weight, domain_tokens, domain_weight) -> None:
+    """Append the rows of w ||(W' - W) p||^2 + w pw ||(W' - W) q||^2 to a least-squares system X W'^T = Y."""
+    for tokens, weight in ((prior_tokens, prior_weight), (domain_tokens, prior_weight * domain_weight)):
+        if tokens is not None and weight > 0:
+            s = math.sqrt(weight)
+            X.append(s * tokens.double())
+            Y.append(s * tokens.double() @ W.T)
+
+
 def lstsq_cfr(W0, erased_tokens, mapping_tokens, lam, prior_tokens=None, prior_weight=0.0,
               domain_tokens=None, domain_weight=0.0):
     """Paper Eq. 1-2 (+ lam term) as one least-squares problem per layer (float64).
@@ -112,14 +121,7 @@ def lstsq_cfr(W0, erased_tokens, mapping_tokens, lam, prior_tokens=None, prior_w
         if lam > 0:
             X.append(math.sqrt(lam) * torch.eye(d, dtype=torch.float64))
             Y.append(math.sqrt(lam) * W.T)
-        if prior_tokens is not None and prior_weight > 0:
-            s = math.sqrt(prior_weight)
-            X.append(s * prior_tokens.double())
-            Y.append(s * prior_tokens.double() @ W.T)
-        if domain_tokens is not None and prior_weight * domain_weight > 0:
-            s = math.sqrt(prior_weight * domain_weight)
-            X.append(s * domain_tokens.double())
-            Y.append(s * domain_tokens.double() @ W.T)
+        _add_prior_rows(X, Y, W, prior_tokens, prior_weight, domain_tokens, domain_weight)
         out[name] = _lstsq(X, Y)
     return out
 
@@ -142,13 +144,6 @@ def lstsq_fusion(W0, W_anchor, concept_tokens, experts, lam, prior_tokens=None, 
         if lam > 0:
             X.append(math.sqrt(lam) * torch.eye(d, dtype=torch.float64))
             Y.append(math.sqrt(lam) * W_anchor[name].double().T)
-        if prior_tokens is not None and prior_weight > 0:
-            s = math.sqrt(prior_weight)
-            X.append(s * prior_tokens.double())
-            Y.append(s * prior_tokens.double() @ W.T)
-        if domain_tokens is not None and prior_weight * domain_weight > 0:
-            s = math.sqrt(prior_weight * domain_weight)
-            X.append(s * domain_tokens.double())
-            Y.append(s * domain_tokens.double() @ W.T)
+        _add_prior_rows(X, Y, W, prior_tokens, prior_weight, domain_tokens, domain_weight)
         out[name] = _lstsq(X, Y)
     return out
