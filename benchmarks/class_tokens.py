@@ -74,8 +74,8 @@ def identity_geometry(emb: torch.Tensor, names: list[str], kept: int = 100) -> d
     cum = energy.cumsum(0) / energy.sum()
     r2_kept = r2_from_rows(dev[:kept], dev[kept:])
     parts = [sorted({n.split()[0] for n in names}), sorted({n.split()[-1] for n in names})]
-    onehot = torch.tensor([[float(n.split()[0] == f) for f in parts[0]] + [float(n.split()[-1] == la) for la in parts[1]]
-                           for n in names], dtype=torch.float64)
+    onehot = torch.tensor([[float(n.split()[0] == f) for f in parts[0]]
+                           + [float(n.split()[-1] == la) for la in parts[1]] for n in names], dtype=torch.float64)
     onehot = onehot - onehot.mean(0)
     fit = onehot @ torch.linalg.lstsq(onehot, dev).solution
     return {"mean_pair_cos": round(unit.matmul(unit.T)[upper].mean().item(), 3),
@@ -142,7 +142,9 @@ def main() -> None:
     ap.add_argument("--pipeline", type=Path, default=PIPELINE_DIR, help="miniworld-format pipeline dir to measure")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where class_tokens.{json,md} are written")
     args = ap.parse_args()
-    command = "python -m benchmarks.class_tokens" + ("" if args.pipeline == PIPELINE_DIR else f" --pipeline {args.pipeline}")
+    command = "python -m benchmarks.class_tokens"
+    if args.pipeline != PIPELINE_DIR:
+        command += f" --pipeline {args.pipeline}"
     pipe = load_pipeline(args.pipeline)
     emb = class_token_embeddings(pipe, list(OBJECT_CLASSES))
     rows = []
@@ -155,7 +157,8 @@ def main() -> None:
         values = [r[key] for r in rows if r["both_animals"] == animals]
         return round(sum(values) / len(values), 3)
 
-    summary = {f"{k}_{'animals' if an else 'other'}": mean(k, an) for k in ("word_cos", "eos_cos") for an in (True, False)}
+    summary = {f"{k}_{'animals' if an else 'other'}": mean(k, an)
+               for k in ("word_cos", "eos_cos") for an in (True, False)}
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "model_digest": files_digest(args.pipeline),
               "summary": summary, "rows": rows, "command": command,
               "identities": identity_geometry(identity_tail_embeddings(pipe, list(IDENTITIES)), list(IDENTITIES))}
@@ -171,7 +174,8 @@ def main() -> None:
           f"`{result['command']}` ({result['date']}, model {result['model_digest'][:12]}). Cosine similarity of the "
           "class word's and the EOS token's embeddings in \"a photo of a <class>\", for each pair of classes.", "",
           f"Mean over pairs of animals ({', '.join(ANIMALS)}): word {summary['word_cos_animals']}, EOS "
-          f"{summary['eos_cos_animals']}. Other pairs: word {summary['word_cos_other']}, EOS {summary['eos_cos_other']}.",
+          f"{summary['eos_cos_animals']}. Other pairs: word {summary['word_cos_other']}, "
+          f"EOS {summary['eos_cos_other']}.",
           "", "| a | b | word cos | EOS cos |", "|---|---|---|---|"]
     md += [f"| {r['a']} | {r['b']} | {r['word_cos']} | {r['eos_cos']} |" for r in rows]
     md += ["", "## Identities: EOS and padding embeddings", "",

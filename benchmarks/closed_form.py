@@ -171,7 +171,7 @@ def run_official(shape: str, n: int):
         contexts.append(e)
         values.append({nm: e @ (W_cfr[nm] + lo.scale * lo.factors[nm][1] @ lo.factors[nm][0]).T for nm in W0})
     W_fin = {}
-    for nm, W in W0.items():
+    for nm in W0:
         mat1 = LAM * W_cfr[nm] + cache[nm]
         mat2 = LAM * eye + PRIOR_W * P32
         for e, val in zip(contexts, values):
@@ -250,7 +250,8 @@ def write_results(rows: list[dict], out: str, quick: bool = False) -> None:
             if "total_s" in ours:
                 row["speedup_ours_vs_official"] = row["total_s"] / ours["total_s"]
                 row["memory_ratio_official_vs_ours"] = row["peak_extra_mb"] / max(ours["peak_extra_mb"], 1.0)
-    meta = {"torch": torch.__version__, "machine": os.environ.get("BENCH_MACHINE", platform.node()), "threads": int(os.environ.get("BENCH_THREADS", "2")),
+    meta = {"torch": torch.__version__, "machine": os.environ.get("BENCH_MACHINE", platform.node()),
+            "threads": int(os.environ.get("BENCH_THREADS", "2")),
             "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
             "command": "python benchmarks/closed_form.py" + (" --quick" if quick else ""),
             "lam": LAM, "prior_weight": PRIOR_W, "prompts_per_concept": N_PROMPTS, "tokens": L,
@@ -261,7 +262,8 @@ def write_results(rows: list[dict], out: str, quick: bool = False) -> None:
              "Ours: float64 d x d statistics + factorised solves (mace_core). Official: per-layer, per-token values "
              "materialised for every projection, fp32 explicit inverses (faithful re-implementation). "
              "Peak extra memory = peak RSS above the (already allocated) inputs.", "",
-             "| shape | concepts | method | CFR s | fusion s | total s | peak extra MB | official/ours time | official/ours mem | note |",
+             "| shape | concepts | method | CFR s | fusion s | total s | peak extra MB | official/ours time "
+             "| official/ours mem | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "total_s" in r:

@@ -97,7 +97,8 @@ def bench_captions() -> dict:
     t0 = time.perf_counter()
     n = sum(1 for _ in read_captions(CAPTIONS_PATH))
     dt = time.perf_counter() - t0
-    return {"file": "miniworld/data/captions.parquet", "captions": n, "seconds": round(dt, 2), "captions_per_s": round(n / dt)}
+    return {"file": "miniworld/data/captions.parquet", "captions": n, "seconds": round(dt, 2),
+            "captions_per_s": round(n / dt)}
 
 
 def bench_augment() -> dict:
@@ -202,7 +203,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--sam-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
     ap.add_argument("--dino-size", type=int, default=800)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["prior", "captions", "augment", "gsam", "masks", "stages"])
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["prior", "captions", "augment", "gsam", "masks", "stages"])
     ap.add_argument("--out-suffix", default="")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -245,11 +247,12 @@ def _markdown(out: dict) -> str:
              f"Machine: {out['machine']}  ", f"Date: {out['date']}", ""]
     if "prior" in r:
         lines += ["## Prior throughput (`text_stats.prior_gram`)", "",
-                  "| text encoder | captions | batch | s | captions/s | COCO 617k projected (h) |", "|---|---|---|---|---|---|"]
+                  "| text encoder | captions | batch | s | captions/s | COCO 617k projected (h) |",
+                  "|---|---|---|---|---|---|"]
         for name, v in r["prior"].items():
             if isinstance(v, dict):
-                lines.append(f"| {name} | {v['captions']} | {v['batch_size']} | {v['seconds']} | {v['captions_per_s']} | "
-                             f"{v['coco_617k_projected_h']} |")
+                lines.append(f"| {name} | {v['captions']} | {v['batch_size']} | {v['seconds']} "
+                             f"| {v['captions_per_s']} | {v['coco_617k_projected_h']} |")
             else:
                 lines.append(f"| {name} | {v} | | | | |")
         lines.append("")

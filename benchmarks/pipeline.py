@@ -109,7 +109,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     for n in sizes:
         clear_pipelines()  # each cold run loads the model like a fresh process would
-        rows.append(_measure(f"cold {n}", lambda: erase(_config(model, str(root / f"s{n}"), n))))
+        rows.append(_measure(f"cold {n}",
+                             lambda: erase(_config(model, str(root / f"s{n}"), n))))  # noqa: B023 - called at once
     n = sizes[-1]
     rows.append(_measure(f"rerun {n} (all hits)", lambda: erase(_config(model, str(root / f"s{n}"), n))))
     extra = Concept(name=NAMES[n], type="object", mapping="forest")

@@ -44,7 +44,8 @@ def changed_config(base: MaceConfig, req: AddRequest) -> MaceConfig:
     have = {c.key: c for c in base.concepts}
     for name in req.remove:
         if name.casefold() not in have:
-            raise ValueError(f"cannot remove {name!r}: run {req.run!r} erases {', '.join(c.name for c in base.concepts)}")
+            erased = ", ".join(c.name for c in base.concepts)
+            raise ValueError(f"cannot remove {name!r}: run {req.run!r} erases {erased}")
     for c in req.add:
         if c.key in have:
             raise ValueError(f"concept {c.name!r} is already erased by run {req.run!r}: list each concept once")

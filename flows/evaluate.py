@@ -68,7 +68,8 @@ def image_grid(rows_a: list[dict], dir_a, rows_b: list[dict] | None, dir_b, per_
     return grid
 
 
-@flow(name="mace-evaluate", flow_run_name="evaluate-{cfg.model}", persist_result=False)  # validated: deployments pass JSON
+# validated: deployments pass JSON
+@flow(name="mace-evaluate", flow_run_name="evaluate-{cfg.model}", persist_result=False)
 def evaluate(cfg: EvaluationConfig, reference_model: str | None = None) -> EvaluationReport:
     """Score ``cfg.model`` (and ``reference_model``, e.g. the base model) on the same seeded prompts."""
     log = get_run_logger()

@@ -39,7 +39,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 DEFAULT_STORE = os.environ.get("MACE_STORE", "artifacts")
-StoreOpt = Annotated[str, typer.Option("--store", "-s", help="Artifact store root (dir or fsspec URL); env MACE_STORE.")]
+StoreOpt = Annotated[str,
+                     typer.Option("--store", "-s", help="Artifact store root (dir or fsspec URL); env MACE_STORE.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's own log on the console.")]
 
 
@@ -224,8 +225,8 @@ def erase(
     config: Annotated[Path, typer.Argument(help="Config file (.yaml/.toml); see docs/CONFIG.md and configs/.")],
     store: Annotated[str | None, typer.Option("--store", "-s", help="Override execution.store.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Record the run under this name.")] = None,
-    evaluate: Annotated[bool, typer.Option("--evaluate", "-e", help="Then score erased vs kept concepts, "
-                                           "before (base model) and after (see the config's evaluation section).")] = False,
+    evaluate: Annotated[bool, typer.Option("--evaluate", "-e", help="Then score erased vs kept concepts, before "
+                                           "(base model) and after (see the config's evaluation section).")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Erase the config's concepts; the model lands in the store (path printed at the end)."""
@@ -313,7 +314,8 @@ def eval_cmd(
                                          "(the paper's templates).")] = "miniworld",
     prompt_file: Annotated[Path | None, typer.Option("--prompt-file", help="A prompt set (CSV/parquet/JSON, "
                                                      "e.g. data/prompts/celebrity_10_concepts.csv).")] = None,
-    recogniser: Annotated[str, typer.Option("--recogniser", help="miniworld, clip_zero_shot or nudenet.")] = "miniworld",
+    recogniser: Annotated[str,
+                          typer.Option("--recogniser", help="miniworld, clip_zero_shot or nudenet.")] = "miniworld",
     scorer_weights: Annotated[Path | None, typer.Option("--scorer-weights", help="Weights of the recogniser "
                                                         "(open_clip checkpoint for clip_zero_shot).")] = None,
     store: StoreOpt = DEFAULT_STORE,
@@ -455,7 +457,8 @@ def artifacts_ls(
 @cli_errors
 def artifacts_verify(
     store: StoreOpt = DEFAULT_STORE,
-    repair: Annotated[bool, typer.Option("--repair", help="Delete corrupt artifacts (the next run rebuilds them).")] = False,
+    repair: Annotated[bool,
+                      typer.Option("--repair", help="Delete corrupt artifacts (the next run rebuilds them).")] = False,
 ) -> None:
     """Re-hash every artifact; exit 1 and list the corrupt ones if any (or delete them with --repair)."""
     from tasks._cache import open_store
@@ -489,7 +492,8 @@ def _artifact_of(st: Any, path: str) -> tuple[str | None, str | None]:
 @cli_errors
 def artifacts_gc(
     store: StoreOpt = DEFAULT_STORE,
-    keep: Annotated[list[str] | None, typer.Option("--keep", "-k", help="Runs to keep (default: all recorded).")] = None,
+    keep: Annotated[list[str] | None,
+                    typer.Option("--keep", "-k", help="Runs to keep (default: all recorded).")] = None,
 ) -> None:
     """Delete artifacts that no kept run reaches."""
     from tasks._cache import open_store

@@ -375,7 +375,9 @@ def setup_cmd(
 
 
 def deploy(
-    name: Annotated[list[str] | None, typer.Option("--name", "-n", help="function/deployment, e.g. train_lora/gpu (default: all)")] = None,
+    name: Annotated[list[str] | None,
+                    typer.Option("--name", "-n",
+                                 help="function/deployment, e.g. train_lora/gpu (default: all)")] = None,
     gpu_slots: Annotated[int, typer.Option(min=0, help="Slots of the 'gpu' limit.")] = 1,
     docker: Annotated[bool, typer.Option(help="Also set up the gpu-docker pool.")] = False,
     kubernetes: Annotated[bool, typer.Option(help="Also set up the gpu-k8s pool.")] = False,

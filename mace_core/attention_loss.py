@@ -41,7 +41,8 @@ class CaptureAttnProcessor:
         self.store = store
         self.name = name
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
+                 **kwargs):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -177,7 +178,8 @@ def masked_attention_loss(
     if not layers:
         raise ValueError("probs_by_layer is empty: run the UNet forward inside AttentionCapture first")
     if token_mask.dtype != torch.bool or token_mask.ndim != 2:
-        raise TypeError(f"token_mask must be a BoolTensor[B, L], got {token_mask.dtype} of shape {tuple(token_mask.shape)}")
+        raise TypeError(f"token_mask must be a BoolTensor[B, L], got {token_mask.dtype} "
+                        f"of shape {tuple(token_mask.shape)}")
     batch, length = token_mask.shape
     if pixel_mask is not None and (pixel_mask.ndim != 4 or pixel_mask.shape[:2] != (batch, 1)):
         raise ValueError(f"pixel_mask must have shape [B={batch}, 1, H, W], got {tuple(pixel_mask.shape)}")

@@ -233,7 +233,8 @@ def shards(captions: Iterable[str], shard_size: int) -> Iterator[list[str]]:
         yield shard
 
 
-def domain_prompts(retain: Sequence[str], concept_type: str = "identity", templates: Sequence[str] | None = None) -> list[str]:
+def domain_prompts(retain: Sequence[str], concept_type: str = "identity",
+                   templates: Sequence[str] | None = None) -> list[str]:
     """Prompts for the domain prior D from a retain list (paper App. B: e.g. the kept celebrities or artists).
 
     An entry of at most :data:`MAX_NAME_WORDS` words is a *name* and is filled into every template of

@@ -98,7 +98,8 @@ def _lora_factors64(
             )
         down, up = pair
         d_out = W0[name].shape[0]
-        if down.dim() != 2 or up.dim() != 2 or down.shape[1] != d or up.shape[0] != d_out or up.shape[1] != down.shape[0]:
+        if (down.dim() != 2 or up.dim() != 2 or down.shape[1] != d or up.shape[0] != d_out
+                or up.shape[1] != down.shape[0]):
             raise ValueError(
                 f"LoRA {index} {name!r}: down {tuple(down.shape)}, up {tuple(up.shape)}; "
                 f"expected down [r, {d}] and up [{d_out}, r]"

@@ -262,7 +262,8 @@ def build_groundingdino(
     if ckpt is None:
         logger.warning("GroundingDINO has random weights (no checkpoint): for tests only")
     else:
-        state = _state_dict_of(_safe_load(ckpt, "GroundingDINO checkpoint", trust_checkpoints), "GroundingDINO checkpoint", ckpt)
+        state = _state_dict_of(_safe_load(ckpt, "GroundingDINO checkpoint", trust_checkpoints),
+                               "GroundingDINO checkpoint", ckpt)
         result = model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith("bert.")]
         if missing:
@@ -309,7 +310,8 @@ def build_sam(
                 "plain segment-anything cannot load: pip install segment-anything-hq, or pass a SAM checkpoint"
             ) from None
         if callable(model_type):
-            raise ValueError("a custom SAM builder cannot load a SAM-HQ checkpoint: pass model_type='vit_b|vit_l|vit_h'")
+            raise ValueError("a custom SAM builder cannot load a SAM-HQ checkpoint: "
+                             "pass model_type='vit_b|vit_l|vit_h'")
     else:
         import segment_anything as impl
     if callable(model_type):
@@ -370,7 +372,8 @@ class GroundedSam:
     """
 
     def __init__(
-        self, detector: torch.nn.Module, predictor: Any, device: str = "cpu", dino_size: int = 800, dino_max_size: int = 1333
+        self, detector: torch.nn.Module, predictor: Any, device: str = "cpu", dino_size: int = 800,
+        dino_max_size: int = 1333,
     ) -> None:
         self.detector = detector
         self.predictor = predictor

@@ -61,7 +61,8 @@ def attention_saliency(
     # 1. validate inputs before any model work
     n, _, height, width = images.shape
     if len(prompts) != n or len(targets) != n:
-        raise ValueError(f"got {n} images, {len(prompts)} prompts and {len(targets)} targets: pass one of each per image")
+        raise ValueError(f"got {n} images, {len(prompts)} prompts and {len(targets)} targets: "
+                         "pass one of each per image")
     if not timesteps:
         raise ValueError("timesteps is empty: pass at least one timestep, e.g. (200, 400, 600)")
     tokenizer = tokenizers_of(pipe)[0]

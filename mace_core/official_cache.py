@@ -109,7 +109,8 @@ def check_official_cache(
             f"official cache {str(p)!r}: mat1 != W0·mat2 (worst layer {worst}, relative error {worst_err:.2e} > "
             f"rtol {rtol:.0e}): it was made with other base weights; pass that model's W0, or raise rtol"
         )
-    logger.info("official cache %s: %d layers, d=%d, worst mat1 error %.2e (%s)", p.name, len(names), d, worst_err, worst)
+    logger.info("official cache %s: %d layers, d=%d, worst mat1 error %.2e (%s)", p.name, len(names), d, worst_err,
+                worst)
     return CacheCheck(P=P.clone(), n_layers=len(names), worst_layer=worst, worst_rel_err=worst_err)
 
 

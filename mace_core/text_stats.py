@@ -201,7 +201,8 @@ def concept_statistics(
             raise ValueError(f"matches[{k}] has {len(i_idx)} erased vs {len(j_idx)} mapping positions: must be equal")
         i_t = torch.as_tensor(list(i_idx), dtype=torch.long)
         j_t = torch.as_tensor(list(j_idx), dtype=torch.long)
-        if len(i_t) and (int(i_t.min()) < 0 or int(i_t.max()) >= length or int(j_t.min()) < 0 or int(j_t.max()) >= length):
+        if len(i_t) and not (0 <= min(int(i_t.min()), int(j_t.min()))
+                             and max(int(i_t.max()), int(j_t.max())) < length):
             raise ValueError(f"matches[{k}] has positions outside [0, {length}): recompute them with this tokenizer")
         xs.append(e[k, i_t])
         ys.append(e_map[k, j_t])

@@ -91,7 +91,8 @@ def _linear_weight(unet: torch.nn.Module, name: str) -> torch.nn.Parameter:
     base = getattr(module, "base_layer", module)
     weight = getattr(base, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
-        raise ValueError(f"module {name!r} is not a linear projection: use names from cross_attention_projections(unet)")
+        raise ValueError(f"module {name!r} is not a linear projection: "
+                         "use names from cross_attention_projections(unet)")
     return weight
 
 

@@ -75,8 +75,9 @@ class MiniworldClassifier(nn.Module):
     def save(self, directory: Path) -> None:
         """Write ``model.safetensors`` (float16) and ``labels.json``."""
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().half() if v.is_floating_point() else v.cpu() for k, v in self.state_dict().items()},
-                  directory / "model.safetensors")
+        state = {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu()
+                 for k, v in self.state_dict().items()}
+        save_file(state, directory / "model.safetensors")
         (directory / "labels.json").write_text(json.dumps(self.labels, indent=0))
 
 
@@ -84,7 +85,8 @@ def load_classifier(path: Path | str | None = None, device: str = "cpu") -> Mini
     """Load the shipped classifier (or one saved at ``path``) in eval mode, float32."""
     directory = Path(path) if path is not None else CLASSIFIER_DIR
     model = MiniworldClassifier(json.loads((directory / "labels.json").read_text()))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(directory / "model.safetensors").items()}
+    state = {k: v.float() if v.is_floating_point() else v
+             for k, v in load_file(directory / "model.safetensors").items()}
     model.load_state_dict(state)
     return model.to(device).eval()
 

@@ -70,13 +70,16 @@ def top1(predicted: torch.Tensor, labels: Sequence[str], expected: list[str], se
     return float((predicted == target).float().mean())
 
 
-def emblem_factor_match(predicted: torch.Tensor, labels: Sequence[str], expected: list[str], seeds: int) -> dict[str, float]:
+def emblem_factor_match(predicted: torch.Tensor, labels: Sequence[str], expected: list[str],
+                        seeds: int) -> dict[str, float]:
     """Share of identity images whose predicted identity's emblem has the prompted shape, foreground and
     background colour (an emblem is shape x fg x bg): says which factor a wrong identity gets wrong."""
     wanted = [EMBLEM_SPECS[e] for e in expected for _ in range(seeds)]
     got = [EMBLEM_SPECS.get(labels[int(i)]) for i in predicted]  # None for "none"
-    return {f"identity_{factor}_match": round(sum(g is not None and g[i] == w[i] for g, w in zip(got, wanted)) / len(wanted), 4)
-            for i, factor in enumerate(("shape", "fg", "bg"))}
+    def share(i: int) -> float:
+        return round(sum(g is not None and g[i] == w[i] for g, w in zip(got, wanted)) / len(wanted), 4)
+
+    return {f"identity_{factor}_match": share(i) for i, factor in enumerate(("shape", "fg", "bg"))}
 
 
 def time_eight(pipe: StableDiffusionPipeline, steps: int, guidance: float) -> float:
@@ -120,7 +123,8 @@ def measure_quality(
         figures[f"{name}_top1"] = round(top1(predicted, clf.labels[head], expected, seeds), 4)
         if name == "identity":
             figures |= emblem_factor_match(predicted, clf.labels[head], expected, seeds)
-        log.info("%s: top-1 %.4f (%d images, %.1f s)", name, figures[f"{name}_top1"], len(images), time.perf_counter() - t0)
+        log.info("%s: top-1 %.4f (%d images, %.1f s)", name, figures[f"{name}_top1"], len(images),
+                 time.perf_counter() - t0)
     figures["seconds_for_8_images"] = round(time_eight(pipe, steps, guidance), 3)
     masks, local = attention_mask_iou(pipe), attention_localisation(pipe)
     figures |= {"attention_mask_iou": masks["iou"], "attention_mask_iou_mismatched": masks["mismatched"],
@@ -222,8 +226,10 @@ def write_report(result: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "quality.json").write_text(json.dumps(result, indent=1))
     rows = "\n".join(f"| {k} | {v} |" for k, v in result["figures"].items())
-    meta = ", ".join(f"{k}={result[k]}" for k in ("device", "torch_threads", "seeds_per_prompt", "steps", "guidance_scale"))
-    (out_dir / "quality.md").write_text(f"# miniworld quality: {result['pipeline']}\n\n{meta}\n\n| figure | value |\n|---|---|\n{rows}\n")
+    meta = ", ".join(f"{k}={result[k]}" for k in ("device", "torch_threads", "seeds_per_prompt", "steps",
+                                                  "guidance_scale"))
+    (out_dir / "quality.md").write_text(f"# miniworld quality: {result['pipeline']}\n\n{meta}\n\n"
+                                        f"| figure | value |\n|---|---|\n{rows}\n")
 
 
 def main() -> None:

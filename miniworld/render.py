@@ -243,7 +243,8 @@ def labels(spec: SceneSpec, hue_free: frozenset[str] = HUE_FREE_PALETTES) -> dic
     return {
         "kind": HEADS["kind"].index(first.kind),
         "object": HEADS["object"].index(first.name if is_obj else "none"),
-        "colour": HEADS["colour"].index(first.colour) if colour_ok else (-100 if is_obj else HEADS["colour"].index("none")),
+        "colour": (HEADS["colour"].index(first.colour) if colour_ok
+                   else -100 if is_obj else HEADS["colour"].index("none")),
         "scene": HEADS["scene"].index(spec.scene),
         "style": HEADS["style"].index(spec.style or "none"),
         "identity": HEADS["identity"].index(first.name if not is_obj else "none"),

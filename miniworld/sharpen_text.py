@@ -112,10 +112,12 @@ def max_confusion(similarity: torch.Tensor) -> float:
 def main() -> None:
     """Fine-tune, checkpointing and logging; save the text encoder into the pipeline."""
     p = parser(__doc__, PIPELINE_DIR / "text_encoder", steps=1500, batch_size=256, lr=2e-4)
-    p.add_argument("--components", type=Path, default=PIPELINE_DIR, help="pipeline dir holding text_encoder/, tokenizer/")
+    p.add_argument("--components", type=Path, default=PIPELINE_DIR,
+                   help="pipeline dir holding text_encoder/, tokenizer/")
     p.add_argument("--distill", type=float, default=10.0, help="weight of keeping the non-subject positions unchanged")
     p.add_argument("--scale", type=float, default=16.0, help="cosine-softmax scale s")
-    p.add_argument("--tail-weight", type=float, default=0.0, help="weight of telling one-subject captions apart by their EOS-and-padding tail (0: off)")
+    p.add_argument("--tail-weight", type=float, default=0.0,
+                   help="weight of telling one-subject captions apart by their EOS-and-padding tail (0: off)")
     args = p.parse_args()
     run = start(args, "sharpen_text")
     _, rows = corpus_images(args)
@@ -157,7 +159,8 @@ def main() -> None:
         if args.tail_weight:
             single = named[:, 0] & ~named[:, 1]
             tail = tail_mask(batch_ids, tokenizer.eos_token_id) & single[:, None]
-            tail_logits = args.scale * F.normalize(tail_features(hidden, tail)[single], dim=-1) @ F.normalize(tail_prototypes, dim=-1).T
+            tail_feats = F.normalize(tail_features(hidden, tail)[single], dim=-1)
+            tail_logits = args.scale * tail_feats @ F.normalize(tail_prototypes, dim=-1).T
             tail_loss = F.cross_entropy(tail_logits, labels[idx].to(args.device)[single, 0])
             keep &= ~tail
         distill = ((hidden - target) ** 2).mean(-1)[keep].mean()
@@ -169,13 +172,15 @@ def main() -> None:
         sched.step()
         if (step + 1) % 50 == 0:
             acc = (logits.argmax(1) == wanted).float().mean().item()
-            run.log_loss(step + 1, {"classify": classify.item(), "tail": tail_loss.item(), "distill": distill.item(), "acc": acc},
+            run.log_loss(step + 1,
+                         {"classify": classify.item(), "tail": tail_loss.item(), "distill": distill.item(), "acc": acc},
                          time.time() - t0)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             run.save(step + 1, modules)
     student = student.to("cpu").eval()
     similarity_after = class_word_similarity(student, tokenizer)
-    drift = context_drift(student, teacher.to("cpu"), full_ids[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:2048]])
+    drift = context_drift(student, teacher.to("cpu"),
+                          full_ids[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:2048]])
     student.save_pretrained(str(args.out))
     extra = {
         "batch_size": args.batch_size,

@@ -30,7 +30,8 @@ def vae_roundtrip(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def heldout_accuracy(model: MiniworldClassifier, vae: AutoencoderKL, device: str, workers: int) -> dict[str, dict[str, float]]:
+def heldout_accuracy(model: MiniworldClassifier, vae: AutoencoderKL, device: str,
+                     workers: int) -> dict[str, dict[str, float]]:
     """Top-1 accuracy per head on held-out single-subject renders, clean and VAE round-tripped."""
     table = pq.read_table(HELDOUT_CAPTIONS_PATH)
     rows = table.to_pylist()

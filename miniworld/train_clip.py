@@ -30,7 +30,8 @@ SHIPPED_CLIP_HUE_FREE = frozenset({"monochrome"})
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     """Pad/truncate to 77 tokens exactly as StableDiffusionPipeline does: LongTensor[N, 77]."""
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt")
     return ids.input_ids
 
 
@@ -79,7 +80,9 @@ def main() -> None:
         sched.step()
         if (step + 1) % 100 == 0:
             acc = (out.logits_per_image.argmax(1) == labels).float().mean().item()
-            run.log_loss(step + 1, {"loss": loss.item(), "contrastive": contrastive.item(), "aux": aux.item(), "i2t_acc": acc}, time.time() - t0)
+            run.log_loss(step + 1,
+                         {"loss": loss.item(), "contrastive": contrastive.item(), "aux": aux.item(),
+                          "i2t_acc": acc}, time.time() - t0)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             run.save(step + 1, modules)
     clip = clip.to("cpu").eval()

@@ -86,7 +86,8 @@ def cached(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[s
     return tensors
 
 
-def corpus_latents(vae: AutoencoderKL, images: np.ndarray, cache_dir: Path, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def corpus_latents(vae: AutoencoderKL, images: np.ndarray, cache_dir: Path,
+                   device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """`encode_latents` of the corpus images, cached under a key of the VAE and the images."""
     path = cache_dir / f"latents_{content_key(vae, images.tobytes())}.safetensors"
 

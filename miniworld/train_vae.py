@@ -33,7 +33,8 @@ def main() -> None:
     for step in range(step0, args.steps):
         x = to_float(data[run.batch_indices(step, len(data), args.batch_size).to(args.device)])
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=run.step_generator(step, args.device), device=args.device)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=run.step_generator(step, args.device),
+                                               device=args.device)
         rec = vae.decode(z).sample
         l1 = (rec - x).abs().mean()
         mse = (rec - x).pow(2).mean()
@@ -44,7 +45,8 @@ def main() -> None:
         opt.step()
         sched.step()
         if (step + 1) % 100 == 0:
-            run.log_loss(step + 1, {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}, time.time() - t0)
+            run.log_loss(step + 1, {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "kl": kl.item()},
+                         time.time() - t0)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             run.save(step + 1, modules)
     vae.eval()

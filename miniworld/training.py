@@ -103,7 +103,8 @@ class Run:
         if not path.exists():
             path.write_text("step,seconds," + ",".join(values) + "\n")
         with path.open("a") as f:
-            f.write(f"{step},{self.seconds_before + seconds:.1f}," + ",".join(f"{v:.6g}" for v in values.values()) + "\n")
+            figures = ",".join(f"{v:.6g}" for v in values.values())
+            f.write(f"{step},{self.seconds_before + seconds:.1f},{figures}\n")
 
 
 def start(args: argparse.Namespace, name: str) -> Run:

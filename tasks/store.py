@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, overload
@@ -370,7 +370,7 @@ def _seal(manifest: dict[str, Any]) -> bytes:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _redact(url: str) -> str:
@@ -910,7 +910,7 @@ class ArtifactStore:
         else:
             problems += self._verify_remote_tree(stage)
         if stage is None:
-            for run_id, path, err in self._iter_run_files():
+            for _run_id, path, err in self._iter_run_files():
                 if err:
                     problems.append(Problem(path, "bad_run", err))
         return sorted(problems, key=lambda p: (p.path, p.kind))

@@ -10,7 +10,8 @@ NAMES = [f"F{f} L{last}" for f in range(25) for last in range(8)]
 def _additive(seed: int = 0) -> torch.Tensor:
     """Embeddings that are exactly first-name vector + last-name vector (+ a shared offset), width 32."""
     g = torch.Generator().manual_seed(seed)
-    first, last = torch.randn(25, 32, generator=g, dtype=torch.float64), torch.randn(8, 32, generator=g, dtype=torch.float64)
+    first = torch.randn(25, 32, generator=g, dtype=torch.float64)
+    last = torch.randn(8, 32, generator=g, dtype=torch.float64)
     return torch.stack([first[i // 8] + last[i % 8] for i in range(200)]) + 5.0
 
 
@@ -22,7 +23,8 @@ def test_additive_names_are_fully_explained_and_low_rank():
 
 def test_erased_rows_in_the_kept_span_are_fully_explained():
     g = torch.Generator().manual_seed(2)
-    kept = torch.randn(100, 16, generator=g, dtype=torch.float64) @ torch.randn(16, 64, generator=g, dtype=torch.float64)
+    kept = (torch.randn(100, 16, generator=g, dtype=torch.float64)
+            @ torch.randn(16, 64, generator=g, dtype=torch.float64))
     erased = torch.randn(100, 100, generator=g, dtype=torch.float64) @ kept
     out = identity_geometry(torch.cat([kept, erased]), NAMES)
     assert out["erased_r2_from_kept_min"] > 1 - 1e-9

@@ -67,7 +67,8 @@ def test_prior_weight_scales_with_the_number_erased():
     tuned = float(read_mapping(PRESETS / "miniworld-objects.yaml")["fusion"]["prior_weight"])
     assert scaled_prior_weight("objects", 1, tuned_at=1) == tuned
     assert abs(scaled_prior_weight("objects", 5, tuned_at=1) - 5 * tuned) < 1e-12
-    assert abs(scaled_prior_weight("identities", 10, tuned_at=100) * 10 - scaled_prior_weight("identities", 100, tuned_at=100)) < 1e-12
+    at_10, at_100 = (scaled_prior_weight("identities", n, tuned_at=100) for n in (10, 100))
+    assert abs(at_10 * 10 - at_100) < 1e-12
 
 
 def test_identity_overlap_groups_share_exactly_the_named_part():

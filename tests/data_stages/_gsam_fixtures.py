@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", "a", "the", "cat", "dog", "red", "photo", "of", "melania", "trump"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", "a", "the", "cat", "dog", "red", "photo", "of",
+         "melania", "trump"]
 
 
 def write_tiny_bert(directory: Path) -> Path:

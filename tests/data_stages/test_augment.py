@@ -47,7 +47,8 @@ def run(server, tok, concept=STYLE, n=3, retries=2, environ=ENV):
 def test_valid_reply_gives_aligned_pairs(llm_server, tok):
     llm_server.script((200, body("a sunflower field by Van Gogh", "a night cafe, van gogh style", "van gogh skies")))
     pairs = run(llm_server, tok)
-    assert [p.erased for p in pairs] == ["a sunflower field by Van Gogh", "a night cafe, van gogh style", "van gogh skies"]
+    assert [p.erased for p in pairs] == ["a sunflower field by Van Gogh", "a night cafe, van gogh style",
+                                         "van gogh skies"]
     assert [p.mapping for p in pairs] == ["a sunflower field by art", "a night cafe, art style", "art skies"]
     assert [p.target for p in pairs] == ["Van Gogh", "van gogh", "van gogh"]
     for p in pairs:  # every pair is usable by Stage E
@@ -163,7 +164,8 @@ def test_every_concept_type(llm_server, tok, ctype, name, mapping):
 
 def test_payload_and_cache_fields_are_deterministic():
     s = LlmClientSettings(base_url="http://127.0.0.1:1/v1", model="m")
-    assert json.dumps(build_request(s, CAT, 30, 5), sort_keys=True) == json.dumps(build_request(s, CAT, 30, 5), sort_keys=True)
+    first, second = (json.dumps(build_request(s, CAT, 30, 5), sort_keys=True) for _ in range(2))
+    assert first == second
     fields = augment_cache_fields(s, CAT, 30, 5)
     assert fields == augment_cache_fields(LlmClientSettings(base_url="http://other:2/v1", model="m"), CAT, 30, 5)
     assert fields["instruction_version"] == AUGMENT_INSTRUCTION_VERSION and fields["backend"] == "llm"

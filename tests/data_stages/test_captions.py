@@ -17,9 +17,11 @@ CAPS = ["A man riding a horse.", "two  dogs on a beach", "a red bus"]
 @pytest.fixture
 def files(tmp_path):
     coco = tmp_path / "captions_val2014.json"
-    coco.write_text(json.dumps({"images": [], "annotations": [{"id": i, "image_id": i, "caption": c} for i, c in enumerate(CAPS)]}))
+    coco.write_text(json.dumps({"images": [],
+                                "annotations": [{"id": i, "image_id": i, "caption": c} for i, c in enumerate(CAPS)]}))
     csv_path = tmp_path / "c.csv"
-    csv_path.write_text("case_number,prompt,evaluation_seed\n" + "\n".join(f'{i},"{c}",1' for i, c in enumerate(CAPS)) + "\n")
+    csv_path.write_text("case_number,prompt,evaluation_seed\n"
+                        + "\n".join(f'{i},"{c}",1' for i, c in enumerate(CAPS)) + "\n")
     cap_csv = tmp_path / "caption.csv"
     cap_csv.write_text("caption\n" + "\n".join(CAPS) + "\n\n")
     pq_path = tmp_path / "c.parquet"

@@ -63,12 +63,14 @@ def real_run(gsam):
         seen["sam_boxes"] = kw["boxes"].clone()
         return predict_torch(**kw)
 
-    gsam.detector.forward, gsam.predictor.set_image, gsam.predictor.predict_torch = spy_detector, spy_set_image, spy_predict
+    gsam.detector.forward = spy_detector
+    gsam.predictor.set_image, gsam.predictor.predict_torch = spy_set_image, spy_predict
     try:
         image = _image(96, 128)
         masks, records = gsam.masks([image], "Cat", box_threshold=0.3, text_threshold=0.25)
     finally:
-        gsam.detector.forward, gsam.predictor.set_image, gsam.predictor.predict_torch = detector_forward, set_image, predict_torch
+        gsam.detector.forward = detector_forward
+        gsam.predictor.set_image, gsam.predictor.predict_torch = set_image, predict_torch
     return image, masks, records, seen
 
 

@@ -13,7 +13,8 @@ DIMS = [6, 10, 6, 10]  # d_l of four projections
 
 def _w0() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {f"blocks.{i}.attn2.to_{'v' if i < 2 else 'k'}": torch.randn(dl, D, generator=g) for i, dl in enumerate(DIMS)}
+    return {f"blocks.{i}.attn2.to_{'v' if i < 2 else 'k'}": torch.randn(dl, D, generator=g)
+            for i, dl in enumerate(DIMS)}
 
 
 def _cache(w0: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -21,9 +22,9 @@ def _cache(w0: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.
     x = torch.randn(500, D, generator=g, dtype=torch.float64)
     P = x.T @ x
     cache = {}
-    for l, w in enumerate(w0.values()):
-        cache[f"{l}_for_mat1"] = (w.double() @ P).float()  # official files are fp32
-        cache[f"{l}_for_mat2"] = P.float()
+    for i, w in enumerate(w0.values()):
+        cache[f"{i}_for_mat1"] = (w.double() @ P).float()  # official files are fp32
+        cache[f"{i}_for_mat2"] = P.float()
     return cache, P
 
 
@@ -43,7 +44,8 @@ def test_tampered_mat1_names_worst_layer(tmp_path):
     cache, _ = _cache(w0)
     cache["2_for_mat1"] = cache["2_for_mat1"] * 1.05
     torch.save(cache, tmp_path / "cache.pt")
-    with pytest.raises(ValueError, match=r"mat1 != W0·mat2 \(worst layer blocks\.2\.attn2\.to_k, relative error 4\.76e-02"):
+    with pytest.raises(ValueError,
+                       match=r"mat1 != W0·mat2 \(worst layer blocks\.2\.attn2\.to_k, relative error 4\.76e-02"):
         import_official_cache(tmp_path / "cache.pt", w0)
     other = {k: v + 0.1 for k, v in w0.items()}  # weights of another model
     cache, _ = _cache(w0)

@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from tests.data_stages.conftest import llm_server  # noqa: F401 - the scripted LLM server fixture, shared with tests/flows
+
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.data_stages.conftest import llm_server, prompts_json  # noqa: F401 - llm_server: the shared fixture
+from tests.data_stages.conftest import prompts_json
 from tests.flows.conftest import make_config
 
 KEY = "sk-planted-SECRET-a9f3c1d07e5b42"

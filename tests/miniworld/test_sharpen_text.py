@@ -73,7 +73,8 @@ def test_max_confusion_ignores_the_diagonal():
 
 @pytest.fixture(scope="module")
 def shipped():
-    return CLIPTextModel.from_pretrained(str(PIPELINE_DIR / "text_encoder")).eval(), load_tokenizer(PIPELINE_DIR / "tokenizer")
+    encoder = CLIPTextModel.from_pretrained(str(PIPELINE_DIR / "text_encoder")).eval()
+    return encoder, load_tokenizer(PIPELINE_DIR / "tokenizer")
 
 
 def test_context_drift_is_zero_for_the_same_encoder_and_grows_with_a_change(shipped):

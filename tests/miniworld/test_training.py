@@ -78,7 +78,8 @@ def test_caption_contexts_encode_distinct_captions_once_and_cache_them(tmp_path,
     captions = ["a red dog", "Fargo Dunmore", "a red dog", "a cat", "Fargo Dunmore"]
     calls = []
     real = train_unet.encode_contexts
-    monkeypatch.setattr(train_unet, "encode_contexts", lambda enc, ids, dev: calls.append(len(ids)) or real(enc, ids, dev))
+    monkeypatch.setattr(train_unet, "encode_contexts",
+                        lambda enc, ids, dev: calls.append(len(ids)) or real(enc, ids, dev))
 
     contexts, inverse = train_unet.caption_contexts(encoder, tokenizer, captions, tmp_path, "cpu")
     assert calls == [3]  # three distinct captions

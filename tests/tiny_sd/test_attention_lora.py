@@ -22,7 +22,8 @@ from mace_core.lora import (
 )
 from mace_core.models import encode_prompts, load_pipeline
 from mace_core.prompts import concept_token_mask
-from mace_core.unet_layers import apply_weights, cross_attention_modules, cross_attention_projections, get_projection_weights
+from mace_core.unet_layers import (apply_weights, cross_attention_modules, cross_attention_projections,
+                                   get_projection_weights)
 from tests.helpers.asserts import assert_close
 
 PROMPTS = ["a photo of the cat", "a cat sitting on a mat", "an oil painting of a cat"]
@@ -46,7 +47,8 @@ def _unet_inputs(pipe, batch=2, seed=0):
     cond = encode_prompts(pipe, PROMPTS[:batch] + PROMPTS[: max(0, batch - len(PROMPTS))])
     added = None
     if pipe.unet.config.addition_embed_type == "text_time":
-        added = {"text_embeds": torch.randn(batch, 32, generator=g), "time_ids": torch.tensor([[32, 32, 0, 0, 32, 32]] * batch).float()}
+        added = {"text_embeds": torch.randn(batch, 32, generator=g),
+                 "time_ids": torch.tensor([[32, 32, 0, 0, 32, 32]] * batch).float()}
     return latents, t, cond, added
 
 
@@ -162,7 +164,8 @@ def test_every_batch_element_counts():
     tok = torch.zeros(2, 77, dtype=torch.bool)
     tok[:, 3:6] = True
     both = masked_attention_loss(probs, tok, None)
-    single = [masked_attention_loss({k: v[b : b + 1] for k, v in probs.items()}, tok[b : b + 1], None) for b in range(2)]
+    single = [masked_attention_loss({k: v[b : b + 1] for k, v in probs.items()}, tok[b : b + 1], None)
+              for b in range(2)]
     assert_close(both, (single[0] + single[1]) / 2, rtol=1e-12)
     changed = {k: v.clone() for k, v in probs.items()}
     changed["l4"][1, :, :, 4] += 0.5  # only element 1 (official code would ignore it)
@@ -269,7 +272,7 @@ def test_fixed_seed_is_bit_identical_and_seed_matters(tiny_pipes, family):
     b = train_concept_lora(pipe, {}, data, cfg, seed=7)
     c = train_concept_lora(pipe, {}, data, cfg, seed=8)
     for name in a.factors:
-        assert torch.equal(a.factors[name][0], b.factors[name][0]) and torch.equal(a.factors[name][1], b.factors[name][1])
+        assert all(torch.equal(x, y) for x, y in zip(a.factors[name], b.factors[name], strict=True))
     assert any(not torch.equal(a.factors[n][0], c.factors[n][0]) for n in a.factors)
 
 
@@ -330,7 +333,8 @@ def _random_factors(unet, rank=2, seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     factors = {}
     for name, w in get_projection_weights(unet).items():
-        factors[name] = (torch.randn(rank, w.shape[1], generator=g) * 0.3, torch.randn(w.shape[0], rank, generator=g) * 0.3)
+        factors[name] = (torch.randn(rank, w.shape[1], generator=g) * 0.3,
+                         torch.randn(w.shape[0], rank, generator=g) * 0.3)
     return LoraFactors(factors, scale=scale)
 
 

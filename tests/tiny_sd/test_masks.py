@@ -51,6 +51,7 @@ def test_bad_inputs_raise(tiny_pipes):
 
 
 def test_mask_iou():
-    a = torch.zeros(2, 1, 4, 4); b = torch.zeros(2, 1, 4, 4)
-    a[0, 0, :2] = 1; b[0, 0, :1] = 1
+    a, b = torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
+    a[0, 0, :2] = 1
+    b[0, 0, :1] = 1
     assert mask_iou(a, b).tolist() == [0.5, 1.0]

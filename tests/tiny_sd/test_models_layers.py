@@ -87,7 +87,8 @@ def test_apply_weights_changes_exactly_those_modules(tiny_pipes, family):
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     g = torch.Generator().manual_seed(0)
     chosen = [names[0], names[-1]]
-    new = {n: torch.randn(w.shape, generator=g, dtype=torch.float64) for n, w in get_projection_weights(unet, chosen).items()}
+    new = {n: torch.randn(w.shape, generator=g, dtype=torch.float64)
+           for n, w in get_projection_weights(unet, chosen).items()}
     apply_weights(unet, new)
     after = unet.state_dict()
     changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
