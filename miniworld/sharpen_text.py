@@ -143,7 +143,7 @@ def main() -> None:
     sched = warmup_cosine(opt, args.steps, 0.05)
     modules = {"model": student, **heads, "opt": opt, "sched": sched}
     step0 = run.load(modules)
-    t0 = time.time()
+    t0 = run.begin_loop()
     for step in range(step0, args.steps):
         idx = run.batch_indices(step, len(rows), args.batch_size)
         batch_ids, batch_tokens = ids[idx].to(args.device), tokens[idx].to(args.device)
@@ -191,7 +191,7 @@ def main() -> None:
         "class_word_max_cosine_after": round(max_confusion(similarity_after), 4),
         "context_drift": round(drift, 4),
     }
-    finish(run, args.out, args.steps, t0, extra)
+    finish(run, args.out, args.steps, extra)
     print(json.dumps(extra))
 
 

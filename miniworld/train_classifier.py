@@ -72,7 +72,7 @@ def main() -> None:
     sched = warmup_cosine(opt, args.steps, 0.05)
     modules = {"model": model, "opt": opt, "sched": sched}
     step0 = run.load(modules)
-    t0 = time.time()
+    t0 = run.begin_loop()
     for step in range(step0, args.steps):
         model.train()
         idx = single[run.batch_indices(step, len(single), args.batch_size).to(args.device)]
@@ -96,7 +96,7 @@ def main() -> None:
     metrics = heldout_accuracy(model, vae, args.device, args.workers)
     model.to("cpu").save(args.out)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    finish(run, args.out, args.steps, t0, {"heldout_accuracy": metrics})
+    finish(run, args.out, args.steps, {"heldout_accuracy": metrics})
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def main() -> None:
     sched = warmup_cosine(opt, args.steps, 0.05)
     modules = {"model": clip, "heads": heads, "opt": opt, "sched": sched}
     step0 = run.load(modules)
-    t0 = time.time()
+    t0 = run.begin_loop()
     for step in range(step0, args.steps):
         idx = run.batch_indices(step, len(data), args.batch_size).to(args.device)
         out = clip(input_ids=ids[idx], pixel_values=to_float(data[idx]))
@@ -91,7 +91,7 @@ def main() -> None:
     text_encoder.save_pretrained(str(args.text_encoder_out))
     clip.half().save_pretrained(str(args.out))
     tokenizer.save_pretrained(str(args.out))
-    finish(run, args.out, args.steps, t0)
+    finish(run, args.out, args.steps)
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def main() -> None:
         init = UNet2DConditionModel.from_pretrained(str(args.init_from / "unet")).float().state_dict()
         unet.load_state_dict(init)
         ema.load_state_dict(init)
-    t0 = time.time()
+    t0 = run.begin_loop()
     ema_params, params = list(ema.parameters()), list(unet.parameters())
     done = args.steps
     for step in range(step0, args.steps):
@@ -226,7 +226,7 @@ def main() -> None:
         extra["attention_loss"] = args.attention_loss
     if args.mix is not None:
         extra["mix"] = ",".join(f"{k}={v}" for k, v in args.mix.items())
-    finish(run, args.out, done, t0, extra)
+    finish(run, args.out, done, extra)
 
 
 if __name__ == "__main__":

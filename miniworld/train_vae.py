@@ -29,7 +29,7 @@ def main() -> None:
     sched = warmup_cosine(opt, args.steps, 0.05)
     modules = {"model": vae, "opt": opt, "sched": sched}
     step0 = run.load(modules)
-    t0 = time.time()
+    t0 = run.begin_loop()
     for step in range(step0, args.steps):
         x = to_float(data[run.batch_indices(step, len(data), args.batch_size).to(args.device)])
         post = vae.encode(x).latent_dist
@@ -55,7 +55,7 @@ def main() -> None:
         std = vae.encode(x).latent_dist.mean.std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
     vae.to("cpu").save_pretrained(str(args.out))
-    finish(run, args.out, args.steps, t0, {"latent_std": std})
+    finish(run, args.out, args.steps, {"latent_std": std})
 
 
 if __name__ == "__main__":

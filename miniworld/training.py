@@ -48,7 +48,10 @@ class Run:
     seed: int
     resumed_at: int = 0  # the step a checkpoint restored (0: a fresh run)
     seconds_before: float = 0.0  # training seconds logged up to the restored step, so the curve's clock runs on
+    setup_before: float = 0.0  # setup seconds of the sessions before the restored checkpoint
+    sessions_before: int = 0  # sessions before this one that the restored checkpoint saw
     created: float = field(default_factory=time.time)  # process start of this session: setup = loop start - created
+    loop_started: float | None = None  # set by begin_loop()
 
     def batch_indices(self, step: int, n: int, batch_size: int, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The (deterministic) sample indices of ``step``: uniform over ``n`` rows, or drawn with replacement
@@ -73,6 +76,9 @@ class Run:
             module.load_state_dict(state[name])
         log.info("resumed from %s at step %d", path, state["step"])
         self.resumed_at = int(state["step"])
+        # checkpoints written before these were recorded: one earlier session, its setup time unknown
+        self.setup_before = float(state.get("setup_seconds", 0.0))
+        self.sessions_before = int(state.get("sessions", 1))
         self._truncate_loss_log()
         return self.resumed_at
 
@@ -88,10 +94,20 @@ class Run:
         path.write_text("\n".join([header, *kept]) + "\n")
         self.seconds_before = float(kept[-1].split(",")[1]) if kept else 0.0
 
+    def begin_loop(self) -> float:
+        """Mark the end of setup (loading, rendering, caches) and the start of the training loop; returns the time."""
+        self.loop_started = time.time()
+        return self.loop_started
+
+    def setup_seconds(self) -> float:
+        """Setup time of every session up to now, this one included."""
+        return self.setup_before + ((self.loop_started or time.time()) - self.created)
+
     def save(self, step: int, modules: dict[str, torch.nn.Module | torch.optim.Optimizer]) -> None:
-        """Write the checkpoint atomically."""
+        """Write the checkpoint atomically, with the session count and setup time that a resumed run adds to."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        state = {name: m.state_dict() for name, m in modules.items()} | {"step": step}
+        state = {name: m.state_dict() for name, m in modules.items()} | {
+            "step": step, "sessions": self.sessions_before + 1, "setup_seconds": self.setup_seconds()}
         tmp = self.workdir / "checkpoint.pt.tmp"
         torch.save(state, tmp)
         tmp.replace(self.workdir / "checkpoint.pt")
@@ -134,22 +150,16 @@ def to_float(images_u8: torch.Tensor) -> torch.Tensor:
     return images_u8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def finish(run: Run, out: Path, steps: int, started: float, extra: dict | None = None) -> None:
+def finish(run: Run, out: Path, steps: int, extra: dict | None = None) -> None:
     """Record the training summary next to the saved model: steps, wall time of the training loop, and setup
     time before it (loading, rendering and encoding caches), so the card reports the whole cost. A resumed run
-    adds its times to those of the sessions before it (their summary.json)."""
-    wall, setup = time.time() - started, started - run.created
-    sessions = 1
-    prev = run.workdir / "summary.json"
-    if run.resumed_at > 0 and prev.exists():  # an earlier session of this run stopped at a deadline
-        before = json.loads(prev.read_text())
-        wall += before.get("wall_seconds", 0.0)
-        setup += before.get("setup_seconds", 0.0)
-        sessions += before.get("sessions", 1)
-    summary = {"steps": steps, "wall_seconds": round(wall, 1), "setup_seconds": round(setup, 1),
-               "sessions": sessions} | (extra or {})
+    adds its times to those of the sessions before its checkpoint, whether they stopped at a deadline or were
+    killed: the loop clock of the loss log and the checkpoint's setup time and session count."""
+    wall = run.seconds_before + time.time() - (run.loop_started or run.created)
+    summary = {"steps": steps, "wall_seconds": round(wall, 1), "setup_seconds": round(run.setup_seconds(), 1),
+               "sessions": run.sessions_before + 1} | (extra or {})
     out.mkdir(parents=True, exist_ok=True)
-    prev.write_text(json.dumps(summary, indent=1))
+    (run.workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     log.info("done: %s", summary)
 
 

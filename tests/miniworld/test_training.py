@@ -177,13 +177,47 @@ def test_a_run_restarted_without_a_checkpoint_drops_the_rows_of_the_lost_session
 
 
 def test_finish_records_setup_time_and_a_resumed_session_adds_to_the_sums(tmp_path):
-    started = time.time()
-    first = Run(workdir=tmp_path, seed=0, created=started - 5.0)  # 5 s of loading and caches before the loop
-    finish(first, tmp_path / "out", 100, started)
+    model = {"model": torch.nn.Linear(2, 2)}
+    first = Run(workdir=tmp_path, seed=0, created=time.time() - 5.0)  # 5 s of loading and caches before the loop
+    first.begin_loop()
+    first.log_loss(100, {"loss": 1.0}, seconds=30.0)
+    first.save(100, model)
+    finish(first, tmp_path / "out", 100)
     one = json.loads((tmp_path / "summary.json").read_text())
-    assert one["setup_seconds"] == 5.0 and one["sessions"] == 1 and one["wall_seconds"] >= 0.0
+    assert one["setup_seconds"] == pytest.approx(5.0, abs=0.5) and one["sessions"] == 1
 
-    resumed = Run(workdir=tmp_path, seed=0, resumed_at=100, created=started - 2.0)
-    finish(resumed, tmp_path / "out", 200, started)
+    resumed = Run(workdir=tmp_path, seed=0, created=time.time() - 2.0)
+    assert resumed.load(model) == 100
+    resumed.begin_loop()
+    finish(resumed, tmp_path / "out", 200)
     two = json.loads((tmp_path / "summary.json").read_text())
-    assert two["setup_seconds"] == 7.0 and two["sessions"] == 2 and two["wall_seconds"] >= one["wall_seconds"]
+    assert two["setup_seconds"] == pytest.approx(7.0, abs=0.5) and two["sessions"] == 2
+    assert two["wall_seconds"] >= 30.0  # the first session's loop time, from the loss log's clock
+
+
+def test_a_session_killed_after_a_checkpoint_still_counts(tmp_path):
+    """A session that ended without finish() (killed at its end, no summary.json) is counted from its
+    checkpoint: its loop seconds, setup seconds and the session itself."""
+    model = {"model": torch.nn.Linear(2, 2)}
+    killed = Run(workdir=tmp_path, seed=0, created=time.time() - 4.0)
+    killed.begin_loop()
+    for step in (50, 100, 150):
+        killed.log_loss(step, {"loss": 1.0}, seconds=step * 6.0)
+    killed.save(100, model)  # then the session was killed at step 150, before finish()
+
+    resumed = Run(workdir=tmp_path, seed=0, created=time.time() - 1.0)
+    assert resumed.load(model) == 100
+    resumed.begin_loop()
+    finish(resumed, tmp_path / "out", 200)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["sessions"] == 2
+    assert summary["setup_seconds"] == pytest.approx(5.0, abs=0.5)
+    assert 600.0 <= summary["wall_seconds"] < 900.0  # 600 s up to the checkpoint; the lost steps are not counted
+
+
+def test_a_checkpoint_from_before_session_counts_resumes_as_the_second_session(tmp_path):
+    model = {"model": torch.nn.Linear(2, 2)}
+    torch.save({"model": model["model"].state_dict(), "step": 100}, tmp_path / "checkpoint.pt")
+    resumed = Run(workdir=tmp_path, seed=0)
+    assert resumed.load(model) == 100 and resumed.sessions_before == 1 and resumed.setup_before == 0.0
+
