@@ -86,8 +86,8 @@ class PriorConfig(_Section):
     exclude: tuple[str, ...] = Field(default=(), description="Caption files to exclude (eval sets).")
     exclude_erased: bool = Field(
         default=False,
-        description="Drop captions naming an erased concept or synonym from P "
-        "(COCO rarely names them; miniworld does).",
+        description=("Drop captions naming an erased concept or synonym from P "
+                     "(COCO rarely names them; miniworld does)."),
     )
     shard_size: int = Field(default=5000, ge=1, description="Captions per resumable shard.")
     batch_size: int = Field(default=256, ge=1, description="Captions per text-encoder batch.")

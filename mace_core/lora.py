@@ -105,7 +105,7 @@ def lora_delta(down: torch.Tensor, up: torch.Tensor, scale: float = 1.0) -> torc
         ``Tensor[d_out, d_in]`` in the promoted dtype of ``down`` and ``up``.
     """
     if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
-        raise ValueError(f"lora_delta needs down[r, d_in] and up[d_out, r], "
+        raise ValueError("lora_delta needs down[r, d_in] and up[d_out, r], "
                          f"got {tuple(down.shape)} and {tuple(up.shape)}")
     return (up @ down) * scale
 
