@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from mace_core.concepts import Concept
 from mace_core.config import EvaluationConfig, MaceConfig
-from tasks import store as st
+from tasks import formats
 from tasks._cache import files_digest, key_for, model_dir, open_store
 from tasks.evaluate import check_evaluation, evaluate_task, load_metrics, load_rows
 
@@ -92,7 +92,7 @@ def evaluate(cfg: EvaluationConfig, reference_model: str | None = None) -> Evalu
             grid = image_grid(load_rows(store, ref), store.path(ref),
                               load_rows(store, ref_ref) if ref_ref else None,
                               store.path(ref_ref) if ref_ref else None)
-            st.save_png(out / "grid.png", grid)
+            formats.save_png(out / "grid.png", grid)
             (out / "report.md").write_text(
                 f"# Erasure evaluation\n\n{table}\n\n![before (top) / after (bottom)](grid.png)\n")
     report_dir = store.path(store.get(REPORT_STAGE, key))

@@ -13,6 +13,7 @@ from prefect import get_run_logger, task
 from mace_core import cfr as core_cfr
 from mace_core.concepts import Concept
 from mace_core.config import CFRConfig
+from tasks import formats
 from tasks import store as st
 from tasks._cache import TASK_OPTIONS, cached_stage, finish, key_for, open_store
 from tasks.prior import load_gram
@@ -37,7 +38,7 @@ def _solve(store: st.ArtifactStore, stats: list[st.ArtifactRef], prior: st.Artif
 
 
 def load_remap(store: st.ArtifactStore, ref: st.ArtifactRef) -> torch.Tensor:
-    return st.load_tensors(store.path(ref) / FILE)["M"]
+    return formats.load_tensors(store.path(ref) / FILE)["M"]
 
 
 @task(name="cfr", task_run_name="cfr-set", **TASK_OPTIONS)
@@ -54,7 +55,7 @@ def cfr_task(stats: dict[str, st.ArtifactRef], prior: st.ArtifactRef | None, dom
             return rec.ref
         M = _solve(store, [stats[n] for n in names], prior, domain, cfg)
         with store.writer("cfr", key, config={"cfr": cfg}, inputs=inputs, version=VERSION) as out:
-            st.save_tensors(out / FILE, {"M": M})
+            formats.save_tensors(out / FILE, {"M": M})
         get_run_logger().info("cfr: solved M for %d concepts", len(names))
         return finish(store, "cfr", key)
 
@@ -71,5 +72,5 @@ def cfr_concept_task(concept: Concept, stats: st.ArtifactRef, prior: st.Artifact
             return rec.ref
         M = _solve(store, [stats], prior, domain, cfg)
         with store.writer("cfr_concept", key, config={"cfr": cfg}, inputs=inputs, version=VERSION) as out:
-            st.save_tensors(out / FILE, {"M": M})
+            formats.save_tensors(out / FILE, {"M": M})
         return finish(store, "cfr_concept", key)

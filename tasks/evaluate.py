@@ -18,6 +18,7 @@ from mace_core import evaluation as core_eval
 from mace_core import prompt_sets, recognisers, scorers
 from mace_core.concepts import Concept
 from mace_core.config import EvaluationConfig
+from tasks import formats
 from tasks import store as st
 from tasks._cache import TASK_OPTIONS, cached_stage, finish, key_for, lease_pipeline, open_store
 
@@ -158,7 +159,7 @@ def evaluate_task(cfg: EvaluationConfig, model_path: str, model_digest: str, lab
 
             def save(chunk, images):
                 for it, img in zip(chunk, images, strict=True):
-                    st.save_png(out / f"{index[id(it)]:05d}.png", img)
+                    formats.save_png(out / f"{index[id(it)]:05d}.png", img)
 
             def judge(images, chunk):
                 if not hasattr(recognise, "score"):
@@ -171,7 +172,7 @@ def evaluate_task(cfg: EvaluationConfig, model_path: str, model_digest: str, lab
             result = core_eval.evaluate(pipe, items, judge, cfg.steps, cfg.guidance_scale, cfg.batch_size,
                                         progress=rec.progress, on_images=save)
             rows = [dict(r, **extras.get(i, {}), file=f"{i:05d}.png") for i, r in enumerate(result.rows)]
-            st.save_table(out / ROWS, rows)
+            formats.save_table(out / ROWS, rows)
             (out / METRICS).write_text(json.dumps(
                 {"accuracy": result.accuracy, "per_concept": result.per_concept, "h_o": result.h_o,
                  "h_c": result.h_c, "n_images": len(rows), **_score_metrics(rows)}, indent=1, sort_keys=True))
@@ -184,4 +185,4 @@ def load_metrics(store: st.ArtifactStore, ref: st.ArtifactRef) -> dict:
 
 
 def load_rows(store: st.ArtifactStore, ref: st.ArtifactRef) -> list[dict]:
-    return st.load_table(store.path(ref) / ROWS)
+    return formats.load_table(store.path(ref) / ROWS)

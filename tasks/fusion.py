@@ -9,6 +9,7 @@ from mace_core import cfr as core_cfr
 from mace_core import fuse as core_fuse
 from mace_core import unet_layers
 from mace_core.config import FusionConfig, ModelConfig
+from tasks import formats
 from tasks import store as st
 from tasks._cache import TASK_OPTIONS, cached_stage, finish, key_for, lease_pipeline, open_store
 from tasks.cfr import load_remap
@@ -52,10 +53,10 @@ def fusion_task(remap: st.ArtifactRef, bases: dict[str, st.ArtifactRef], stats: 
                                     cfg.domain_weight, square_weight=False)
             weights = core_fuse.fuse_closed_form(W0, M, terms, K, cfg.lam)
         with store.writer(STAGE, key, config=config, inputs=inputs, version=VERSION) as out:
-            st.save_tensors(out / FILE, {k: v.contiguous() for k, v in weights.items()})
+            formats.save_tensors(out / FILE, {k: v.contiguous() for k, v in weights.items()})
         get_run_logger().info("fusion (%s): %d concepts, %d projections", cfg.method, len(names), len(weights))
         return finish(store, STAGE, key)
 
 
 def load_weights(store: st.ArtifactStore, ref: st.ArtifactRef) -> dict:
-    return st.load_tensors(store.path(ref) / FILE)
+    return formats.load_tensors(store.path(ref) / FILE)

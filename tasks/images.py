@@ -10,6 +10,7 @@ from mace_core import generate as core_generate
 from mace_core.concepts import Concept
 from mace_core.config import ImagesConfig, ModelConfig
 from mace_core.seeds import concept_seed
+from tasks import formats
 from tasks import store as st
 from tasks._cache import TASK_OPTIONS, cached_stage, finish, key_for, lease_pipeline, open_store
 
@@ -47,9 +48,9 @@ def images_task(concept: Concept, seed: int, cfg: ImagesConfig, model: ModelConf
                     pipe, [prompt] * len(batch), batch, cfg.steps, cfg.guidance_scale, cfg.batch_size
                 )
                 for i, img in zip(range(start, start + len(batch)), images, strict=True):
-                    st.save_png(out / f"{i:04d}.png", img)
+                    formats.save_png(out / f"{i:04d}.png", img)
                 rec.progress(start + len(batch), cfg.num_images)
-            st.save_table(out / RECORD, {"file": [f"{i:04d}.png" for i in range(cfg.num_images)],
+            formats.save_table(out / RECORD, {"file": [f"{i:04d}.png" for i in range(cfg.num_images)],
                                          "prompt": [prompt] * cfg.num_images, "seed": seeds})
         get_run_logger().info("images %s: %d generated (seed_k=%d)", concept.name, cfg.num_images, seed_k)
         return finish(store, STAGE, key)
@@ -64,7 +65,7 @@ def load_image_tensor(paths: list, channels: int) -> torch.Tensor:
     """PNGs -> float [N, C, H, W]: RGB in [-1, 1] (channels=3, VAE convention) or masks in {0, 1} (channels=1)."""
     arrs = []
     for p in paths:
-        img = st.load_png(p).convert("RGB" if channels == 3 else "L")
+        img = formats.load_png(p).convert("RGB" if channels == 3 else "L")
         a = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
         arrs.append(a.permute(2, 0, 1) if channels == 3 else a[None])
     x = torch.stack(arrs)

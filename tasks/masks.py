@@ -36,6 +36,7 @@ from mace_core import masks as core_masks
 from mace_core.concepts import Concept
 from mace_core.config import MasksConfig, ModelConfig
 from mace_core.seeds import concept_seed
+from tasks import formats
 from tasks import store as st
 from tasks._cache import TASK_OPTIONS, cached_stage, finish, key_for, lease_pipeline, open_store
 from tasks.images import RECORD, image_files, load_image_tensor
@@ -198,14 +199,14 @@ def masks_task(concept: Concept, seed: int, images: st.ArtifactRef, cfg: MasksCo
             return rec.ref
         files = image_files(store, images)
         x = load_image_tensor(files, 3)
-        prompts = st.load_table(store.path(images) / RECORD).to_pydict()["prompt"]
+        prompts = formats.load_table(store.path(images) / RECORD).to_pydict()["prompt"]
         generator = torch.Generator("cpu").manual_seed(seed_k)
         with lease_pipeline(model.path, model.dtype, model.device, max_models) as pipe:
             masks = core_masks.attention_masks(pipe, x, prompts, [concept.name] * len(files), generator,
                                                threshold=cfg.attention_threshold)
         with store.writer(STAGE, key, config=config, inputs=inputs, version=VERSION) as out:
             for p, m in zip(files, masks, strict=True):
-                st.save_png(out / p.name, Image.fromarray((m[0].numpy() > 0.5).astype(np.uint8) * 255, "L"))
+                formats.save_png(out / p.name, Image.fromarray((m[0].numpy() > 0.5).astype(np.uint8) * 255, "L"))
         get_run_logger().info("masks %s: %d masks, mean area %.2f", concept.name, len(files),
                               float(masks.float().mean()))
         return finish(store, STAGE, key)
@@ -230,7 +231,7 @@ def _grounded_sam_masks(store: st.ArtifactStore, concept: Concept, images: st.Ar
             return rec.ref
         # 2. detect + segment every image with the process's masker
         files = image_files(store, images)
-        pil = [st.load_png(p).convert("RGB") for p in files]
+        pil = [formats.load_png(p).convert("RGB") for p in files]
         with lease_masker(cfg, paths, digests, model.device) as masker:
             masks, detections = masker.masks(pil, concept.name, cfg.box_threshold, cfg.text_threshold,
                                              cfg.on_empty)
@@ -244,9 +245,9 @@ def _grounded_sam_masks(store: st.ArtifactStore, concept: Concept, images: st.Ar
             (out / PREVIEW_DIR).mkdir()
             for p, img, m, det in zip(files, pil, masks, detections, strict=True):
                 mask = m if m is not None else np.zeros((img.height, img.width), dtype=bool)
-                st.save_png(out / p.name, mask)
-                st.save_png(out / PREVIEW_DIR / p.name, gs.overlay_preview(img, m, det))
-            st.save_table(out / DETECTIONS, {
+                formats.save_png(out / p.name, mask)
+                formats.save_png(out / PREVIEW_DIR / p.name, gs.overlay_preview(img, m, det))
+            formats.save_table(out / DETECTIONS, {
                 "file": [p.name for p in files],
                 "outcome": [d.outcome for d in detections],
                 "n_boxes": [d.n_boxes for d in detections],
@@ -265,7 +266,7 @@ def load_detections(store: st.ArtifactStore, ref: st.ArtifactRef) -> list[dict[s
     path = store.path(ref) / DETECTIONS
     if not path.is_file():
         return []
-    rows = st.load_table(path)
+    rows = formats.load_table(path)
     return [{**r, **{c: json.loads(r[c]) for c in ("scores", "boxes_xyxy", "phrases")}} for r in rows]
 
 

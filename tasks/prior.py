@@ -16,6 +16,7 @@ from prefect import get_run_logger, task
 from mace_core import captions as core_captions
 from mace_core import text_stats as core_stats
 from mace_core.config import ModelConfig, PriorConfig
+from tasks import formats
 from tasks import store as st
 from tasks._cache import TASK_OPTIONS, cached_stage, finish, key_for, lease_pipeline, open_store
 
@@ -56,7 +57,7 @@ def caption_source(cfg: PriorConfig) -> tuple[Path, frozenset[str]]:
 
 
 def _write_gram(out: Path, acc_gram: torch.Tensor, count: int) -> None:
-    st.save_arrays_zarr(out / GRAM, {"gram": acc_gram})
+    formats.save_arrays_zarr(out / GRAM, {"gram": acc_gram})
     (out / COUNT).write_text(json.dumps({"count": int(count)}))
 
 
@@ -64,7 +65,7 @@ def load_gram(store: st.ArtifactStore, ref: st.ArtifactRef | None) -> torch.Tens
     """The float64 Gram of a prior / domain_prior / prior_shard artifact (None for None)."""
     if ref is None:
         return None
-    return torch.as_tensor(st.load_arrays_zarr(store.path(ref) / GRAM)["gram"], dtype=torch.float64)
+    return torch.as_tensor(formats.load_arrays_zarr(store.path(ref) / GRAM)["gram"], dtype=torch.float64)
 
 
 def load_count(store: st.ArtifactStore, ref: st.ArtifactRef) -> int:
@@ -92,7 +93,7 @@ def captions_task(cfg: PriorConfig, store_root: str) -> st.ArtifactRef:
             return rec.ref
         captions = list(core_captions.read_captions(src, exclude, cfg.max_captions))
         with store.writer("captions", key, config=config, inputs=inputs, version=CAPTIONS_VERSION) as out:
-            st.save_table(out / CAPTIONS, {"caption": captions})
+            formats.save_table(out / CAPTIONS, {"caption": captions})
             (out / COUNT).write_text(json.dumps({"count": len(captions)}))
         get_run_logger().info("captions: %d (exclusion set of %d evaluation captions)", len(captions), len(exclude))
         return finish(store, "captions", key)
@@ -109,7 +110,7 @@ def prior_shard_task(captions: st.ArtifactRef, index: int, cfg: PriorConfig, mod
     with cached_stage(store, "prior_shard", key, None) as rec:
         if rec.ref is not None:
             return rec.ref
-        table = st.load_table(store.path(captions) / CAPTIONS).to_pydict()["caption"]
+        table = formats.load_table(store.path(captions) / CAPTIONS).to_pydict()["caption"]
         chunk = table[index * cfg.shard_size: (index + 1) * cfg.shard_size]
         with lease_pipeline(model.path, model.dtype, model.device, max_models) as pipe:
             acc = core_stats.prior_gram(pipe, chunk, batch_size=cfg.batch_size)
@@ -154,7 +155,7 @@ def prior_exclusion_task(prior: st.ArtifactRef, captions: st.ArtifactRef, phrase
     with cached_stage(store, "prior", key, None) as rec:
         if rec.ref is not None:
             return rec.ref
-        table = st.load_table(store.path(captions) / CAPTIONS).to_pydict()["caption"]
+        table = formats.load_table(store.path(captions) / CAPTIONS).to_pydict()["caption"]
         pattern = core_captions.naming(phrases)
         named = [c for c in table if pattern.search(c)]
         gram, count = load_gram(store, prior), load_count(store, prior)

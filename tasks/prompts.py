@@ -27,6 +27,7 @@ from mace_core import prompts as core_prompts
 from mace_core.concepts import Concept
 from mace_core.config import ModelConfig, PromptsConfig
 from mace_core.seeds import concept_seed
+from tasks import formats
 from tasks import store as st
 from tasks._cache import TASK_OPTIONS, cached_stage, files_digest, finish, key_for, model_dir, open_store
 
@@ -57,7 +58,7 @@ def prompts_task(concept: Concept, cfg: PromptsConfig, store_root: str, seed: in
             return rec.ref
         pairs = core_prompts.template_prompt_pairs(concept, cfg.num_prompts)
         with store.writer(STAGE, key, config=config, inputs={}, version=VERSION) as out:
-            st.save_table(out / TABLE, _rows(pairs))
+            formats.save_table(out / TABLE, _rows(pairs))
         get_run_logger().info("prompts %s: %d pairs", concept.name, len(pairs))
         return finish(store, STAGE, key)
 
@@ -91,7 +92,7 @@ def _llm_prompts(store: st.ArtifactStore, concept: Concept, cfg: PromptsConfig, 
         pairs = augment.llm_prompt_pairs(concept, cfg.num_prompts, seed_k, settings, cfg.llm_max_retries,
                                          load_tokenizers(mdir), environ=llm_environ())
         with store.writer(STAGE, key, config=config, inputs=inputs, version=VERSION) as out:
-            st.save_table(out / TABLE, _rows(pairs))
+            formats.save_table(out / TABLE, _rows(pairs))
         get_run_logger().info("prompts %s: %d pairs from %s (seed_k=%d)", concept.name, len(pairs),
                               settings.model, seed_k)
         return finish(store, STAGE, key)
@@ -134,7 +135,7 @@ def load_tokenizers(mdir: Path) -> list[Any]:
 
 def load_pairs(store: st.ArtifactStore, ref: st.ArtifactRef) -> list[core_prompts.PromptPair]:
     """Read a prompt table back as ``PromptPair`` objects (for downstream tasks)."""
-    table = st.load_table(store.path(ref) / TABLE)
+    table = formats.load_table(store.path(ref) / TABLE)
     cols = table.to_pydict() if hasattr(table, "to_pydict") else table
     return [core_prompts.PromptPair(e, m, t) for e, m, t in zip(cols["erased"], cols["mapping"], cols["target"],
                                                                   strict=True)]

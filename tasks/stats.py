@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 from mace_core import text_stats as core_stats
 from mace_core.concepts import Concept
 from mace_core.config import ModelConfig
+from tasks import formats
 from tasks import store as st
 from tasks._cache import TASK_OPTIONS, cached_stage, finish, key_for, lease_pipeline, open_store
 from tasks.prompts import load_pairs
@@ -34,7 +35,7 @@ def stats_task(concept: Concept, prompts: st.ArtifactRef, model: ModelConfig, te
         with lease_pipeline(model.path, model.dtype, model.device, max_models) as pipe:
             stats = core_stats.concept_statistics_from_pipeline(pipe, pairs, batch_size=BATCH_SIZE)
         with store.writer(STAGE, key, config=config, inputs=inputs, version=VERSION) as out:
-            st.save_arrays_zarr(out / ARRAYS, {"A": stats.A, "B": stats.B, "G": stats.G,
+            formats.save_arrays_zarr(out / ARRAYS, {"A": stats.A, "B": stats.B, "G": stats.G,
                                                  "G_concept": stats.G_concept})
             (out / COUNTS).write_text(json.dumps(
                 {"n_pairs": stats.n_pairs, "n_matched": stats.n_matched, "n_tokens": stats.n_tokens}))
@@ -45,7 +46,7 @@ def stats_task(concept: Concept, prompts: st.ArtifactRef, model: ModelConfig, te
 
 def load_stats(store: st.ArtifactStore, ref: st.ArtifactRef) -> core_stats.ConceptStats:
     """Read a stats artifact back as a float64 ``ConceptStats``."""
-    arrays = st.load_arrays_zarr(store.path(ref) / ARRAYS)
+    arrays = formats.load_arrays_zarr(store.path(ref) / ARRAYS)
     counts = json.loads((store.path(ref) / COUNTS).read_text())
     t = {k: torch.as_tensor(arrays[k], dtype=torch.float64) for k in ("A", "B", "G", "G_concept")}
     return core_stats.ConceptStats(t["A"], t["B"], t["G"], t["G_concept"], **counts)

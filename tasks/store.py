@@ -1,5 +1,7 @@
 """Content-addressed artifact store: keys, atomic writes, manifests, verify, runs and gc. No Prefect.
 
+The file formats written inside an artifact (safetensors, zarr, parquet, PNG) are in :mod:`tasks.formats`.
+
 This is the only module that turns (stage, key) into a path. Layout under the root (a local directory,
 or any fsspec URL such as ``memory://x`` or ``s3://bucket/prefix``)::
 
@@ -45,15 +47,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePath
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any
 
 from pydantic import BaseModel
-
-if TYPE_CHECKING:  # heavy imports stay lazy: `mace artifacts ls` must not import torch
-    import numpy as np
-    import pyarrow
-    import torch
-    from PIL import Image
 
 __all__ = [
     "STORE_FORMAT_VERSION",
@@ -61,23 +57,16 @@ __all__ = [
     "ArtifactRef",
     "ArtifactStore",
     "Problem",
-    "Rows",
     "StoreError",
-    "ZarrContents",
     "artifact_key",
     "canonical_json",
     "check_key",
     "check_run_id",
     "check_stage",
-    "load_arrays_zarr",
-    "load_png",
-    "load_table",
-    "load_tensors",
-    "load_tensors_metadata",
-    "save_arrays_zarr",
-    "save_png",
-    "save_table",
-    "save_tensors",
+    "is_safe_file_name",
+    "json_value",
+    "remove_entry",
+    "show_value",
 ]
 
 STORE_FORMAT_VERSION = "1"
@@ -124,7 +113,7 @@ class Problem:
 # ------------------------------------------------------------------------------------------------------
 
 
-def _show(value: object, limit: int = 60) -> str:
+def show_value(value: object, limit: int = 60) -> str:
     """A one-line, escaped, bounded rendering of a (possibly hostile) value for error messages."""
     text = repr(value)  # escapes NUL, newlines and non-printable marks such as U+202E
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
@@ -134,7 +123,7 @@ def check_stage(stage: object) -> str:
     """Return ``stage`` if it is a valid stage name, else raise :class:`StoreError`."""
     if not isinstance(stage, str) or not _STAGE_RE.fullmatch(stage) or stage in _RESERVED_STAGES:
         raise StoreError(
-            f"invalid stage name {_show(stage)}: use 1-32 characters of [a-z0-9_] starting with a letter "
+            f"invalid stage name {show_value(stage)}: use 1-32 characters of [a-z0-9_] starting with a letter "
             "(not 'runs'); stage names come from code, never from user input"
         )
     return stage
@@ -144,7 +133,7 @@ def check_key(key: object) -> str:
     """Return ``key`` if it is 64 lowercase hex characters (an :func:`artifact_key`), else raise."""
     if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
         raise StoreError(
-            f"invalid artifact key {_show(key)}: expected 64 lowercase hex characters from artifact_key(); "
+            f"invalid artifact key {show_value(key)}: expected 64 lowercase hex characters from artifact_key(); "
             "user strings never become keys"
         )
     return key
@@ -154,15 +143,20 @@ def check_run_id(run_id: object) -> str:
     """Return ``run_id`` if usable as a run manifest name (validate a run name before expensive work)."""
     if not isinstance(run_id, str) or not _RUN_RE.fullmatch(run_id):
         raise StoreError(
-            f"invalid run id {_show(run_id)}: use 1-128 characters of [A-Za-z0-9._-] starting with a letter "
+            f"invalid run id {show_value(run_id)}: use 1-128 characters of [A-Za-z0-9._-] starting with a letter "
             "or digit"
         )
     return run_id
 
 
+def is_safe_file_name(name: object) -> bool:
+    """True if ``name`` can be one component of a file path inside an artifact (ASCII, no dot-files)."""
+    return isinstance(name, str) and _PART_RE.fullmatch(name) is not None
+
+
 def _check_relpath(rel: str) -> bool:
     """True if ``rel`` is a safe relative file path inside an artifact (ASCII parts, no dot-files)."""
-    return len(rel) <= 1024 and all(_PART_RE.fullmatch(part) for part in rel.split("/"))
+    return len(rel) <= 1024 and all(is_safe_file_name(part) for part in rel.split("/"))
 
 
 def _check_inputs(inputs: object) -> dict[str, str]:
@@ -170,19 +164,19 @@ def _check_inputs(inputs: object) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in inputs.items()
     ):
         raise StoreError(
-            f"inputs must map names to digests or artifact ids (str -> str), got {_show(inputs)}; "
+            f"inputs must map names to digests or artifact ids (str -> str), got {show_value(inputs)}; "
             "pass ref.digest or ref.id"
         )
     return dict(inputs)
 
 
-def _jsonable(obj: Any, where: str = "value") -> Any:
+def json_value(obj: Any, where: str = "value") -> Any:
     """``obj`` as plain JSON types; TypeError naming the location of a NaN/inf or an unknown type."""
     if isinstance(obj, BaseModel):
         _reject_nonfinite(obj.model_dump(mode="python"), where)  # JSON mode would turn NaN into null
-        return _jsonable(obj.model_dump(mode="json"), where)
+        return json_value(obj.model_dump(mode="json"), where)
     if isinstance(obj, enum.Enum):
-        return _jsonable(obj.value, where)
+        return json_value(obj.value, where)
     if obj is None:
         return None
     if isinstance(obj, bool):
@@ -201,13 +195,13 @@ def _jsonable(obj: Any, where: str = "value") -> Any:
         out: dict[str, Any] = {}
         for k, v in obj.items():
             if not isinstance(k, str):
-                raise TypeError(f"canonical_json: {where} has a non-str key {_show(k)}; use str keys")
-            out[k] = _jsonable(v, f"{where}.{k}")
+                raise TypeError(f"canonical_json: {where} has a non-str key {show_value(k)}; use str keys")
+            out[k] = json_value(v, f"{where}.{k}")
         return out
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [json_value(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, (set, frozenset)):
-        items = [_jsonable(v, f"{where}{{}}") for v in obj]
+        items = [json_value(v, f"{where}{{}}") for v in obj]
         return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
     raise TypeError(
         f"canonical_json: cannot encode {type(obj).__name__} at {where}; pass str/int/float/bool/None, "
@@ -269,7 +263,7 @@ def canonical_json(obj: Any) -> str:
     Equal values give equal strings in every process, which is what makes keys reusable across runs and
     machines. NaN/inf and unknown types raise TypeError (a key must never depend on ``repr``).
     """
-    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), allow_nan=False,
+    return json.dumps(json_value(obj), sort_keys=True, separators=(",", ":"), allow_nan=False,
                       ensure_ascii=True)
 
 
@@ -281,7 +275,7 @@ def artifact_key(stage: str, version: str, config: Mapping[str, Any] | BaseModel
     """
     check_stage(stage)
     if not isinstance(version, str) or not version:
-        raise StoreError(f"stage version must be a non-empty str, got {_show(version)}; e.g. VERSION = '1'")
+        raise StoreError(f"stage version must be a non-empty str, got {show_value(version)}; e.g. VERSION = '1'")
     payload = {"stage": stage, "version": version, "config": config, "inputs": _check_inputs(inputs),
                "format": STORE_FORMAT_VERSION}
     return hashlib.sha256(canonical_json(payload).encode("ascii")).hexdigest()
@@ -299,7 +293,7 @@ class ArtifactRef:
         check_stage(self.stage)
         check_key(self.key)
         if not isinstance(self.digest, str) or not _KEY_RE.fullmatch(self.digest):
-            raise StoreError(f"invalid artifact digest {_show(self.digest)}: expected 64 lowercase hex chars")
+            raise StoreError(f"invalid artifact digest {show_value(self.digest)}: expected 64 lowercase hex chars")
 
     @property
     def id(self) -> str:
@@ -395,9 +389,9 @@ def _parse_manifest(raw: bytes, stage: str, key: str, *, remote: bool) -> dict[s
     if not sealed:
         raise ValueError("manifest does not match its seal (edited after it was written)")
     if m.get("format") != STORE_FORMAT_VERSION:
-        raise ValueError(f"manifest format {_show(m.get('format'))}, this store reads {STORE_FORMAT_VERSION!r}")
+        raise ValueError(f"manifest format {show_value(m.get('format'))}, this store reads {STORE_FORMAT_VERSION!r}")
     if m.get("stage") != stage or m.get("key") != key:
-        raise ValueError(f"manifest names {_show(m.get('stage'))}/{_show(m.get('key'))}, not its location")
+        raise ValueError(f"manifest names {show_value(m.get('stage'))}/{show_value(m.get('key'))}, not its location")
     files = m.get("files")
     if not isinstance(files, list):
         raise ValueError("manifest has no 'files' list")
@@ -405,7 +399,7 @@ def _parse_manifest(raw: bytes, stage: str, key: str, *, remote: bool) -> dict[s
         if not (isinstance(f, dict) and isinstance(f.get("path"), str) and _check_relpath(f["path"])
                 and f["path"] != _MANIFEST and isinstance(f.get("sha256"), str)
                 and _KEY_RE.fullmatch(f["sha256"]) and type(f.get("size")) is int and f["size"] >= 0):
-            raise ValueError(f"manifest has an invalid file entry {_show(f)}")
+            raise ValueError(f"manifest has an invalid file entry {show_value(f)}")
     if len({f["path"] for f in files}) != len(files):
         raise ValueError("manifest lists a file twice")
     if not isinstance(m.get("digest"), str) or not _KEY_RE.fullmatch(m["digest"]):
@@ -447,7 +441,7 @@ class ArtifactStore:
         self._versions: dict[str, str] | None = None
         text = os.fspath(root)
         if not isinstance(text, str) or not text or "\x00" in text:
-            raise StoreError(f"invalid store root {_show(text)}: give a directory path or an fsspec URL")
+            raise StoreError(f"invalid store root {show_value(text)}: give a directory path or an fsspec URL")
         if text.startswith("file://"):
             text = text[len("file://"):]
         if "://" not in text:
@@ -663,8 +657,8 @@ class ArtifactStore:
         check_stage(stage)
         check_key(key)
         inputs_d = _check_inputs(inputs)
-        config_j = _jsonable(config, "config")
-        extra_j = _jsonable(extra, "extra")
+        config_j = json_value(config, "config")
+        extra_j = json_value(extra, "extra")
         _reject_secrets(config_j, "config")
         _reject_secrets(extra_j, "extra")
         if version is not None and artifact_key(stage, version, config, inputs_d) != key:
@@ -700,7 +694,7 @@ class ArtifactStore:
             if rel == _MANIFEST:
                 raise StoreError("'manifest.json' is reserved for the store; name the file differently")
             if not _check_relpath(rel):
-                raise StoreError(f"artifact file name {_show(rel)} is not allowed: use ASCII [A-Za-z0-9._-] "
+                raise StoreError(f"artifact file name {show_value(rel)} is not allowed: use ASCII [A-Za-z0-9._-] "
                                  "parts not starting with '.', never user strings such as concept names")
             sha, size = _hash_file(p, fsync=self._local is not None)
             files.append({"path": rel, "sha256": sha, "size": size})
@@ -774,7 +768,7 @@ class ArtifactStore:
         assert self._local is not None
         with _claim(self._safe_dir(self._local / _STAGING), "trash", mkdir=False) as trash:
             os.rename(path, trash)
-            _rm_entry(trash)
+            remove_entry(trash)
 
     # -- verification -----------------------------------------------------------------------------------
 
@@ -1001,13 +995,13 @@ class ArtifactStore:
         """
         path = self._run_path(run_id)
         if not all(isinstance(r, ArtifactRef) for r in refs):
-            raise StoreError(f"record_run({run_id!r}) takes ArtifactRef objects, got {_show(list(refs))}")
+            raise StoreError(f"record_run({run_id!r}) takes ArtifactRef objects, got {show_value(list(refs))}")
         created = _now()
         with contextlib.suppress(StoreError):
             created = self.read_run(run_id).get("created", created)
         doc = {"run_id": run_id, "created": created, "updated": _now(), "format": STORE_FORMAT_VERSION,
                "artifacts": [{"id": r.id, "stage": r.stage, "key": r.key, "digest": r.digest} for r in refs],
-               "meta": _jsonable(meta, "meta")}
+               "meta": json_value(meta, "meta")}
         _reject_secrets(doc["meta"], "meta")
         data = json.dumps(doc, indent=1, sort_keys=True).encode()
         if self._local is None:
@@ -1171,13 +1165,13 @@ def _claim(base: Path, prefix: str, *, mkdir: bool) -> Iterator[Path]:
             entry.mkdir()
         yield entry
     finally:
-        _rm_entry(entry)
+        remove_entry(entry)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)
         os.close(fd)
 
 
-def _rm_entry(path: Path) -> None:
+def remove_entry(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.is_dir():
@@ -1222,7 +1216,7 @@ def _remove_orphan(entry: Path) -> None:
     if lock.exists() and fd is None:
         return  # became live again (cannot happen with unique names, but never delete a held entry)
     try:
-        _rm_entry(entry)
+        remove_entry(entry)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)
     finally:
@@ -1233,221 +1227,3 @@ def _remove_orphan(entry: Path) -> None:
 def _remove_orphans_quietly(base: Path) -> None:
     for entry in _orphans(base):
         _remove_orphan(Path(entry))
-
-
-# ------------------------------------------------------------------------------------------------------
-# Format helpers: used inside writer directories and on store.path(ref). Each writes a temporary
-# sibling and renames it into place, so a crash never leaves a half-written file under the final name.
-# ------------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _atomic_target(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; on success rename it onto ``path`` (file or directory)."""
-    final = Path(path)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        yield tmp
-        if tmp.is_file():
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        if final.is_dir() and not final.is_symlink():
-            old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.old")
-            os.rename(final, old)  # directories cannot be replaced in one rename
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        _rm_entry(tmp)
-
-
-def _to_numpy(value: Any, what: str) -> np.ndarray:
-    import numpy as np
-
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, without importing torch
-        value = value.detach().cpu().numpy()
-    arr = np.asarray(value)
-    if arr.dtype == object:
-        raise TypeError(f"{what}: object arrays cannot be stored; convert to a numeric or bool dtype")
-    return arr
-
-
-def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
-                 metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``tensors`` (CPU copies; shared storage de-duplicated) to a safetensors file."""
-    import torch
-    from safetensors.torch import save_file
-
-    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise TypeError("save_tensors: metadata must map str -> str; json.dumps structured values first")
-    seen: set[tuple[int, str]] = set()
-    out: dict[str, torch.Tensor] = {}
-    for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"save_tensors: {name!r} is {type(t).__name__}, expected a torch.Tensor")
-        t = t.detach().cpu().contiguous()
-        ident = (t.untyped_storage().data_ptr(), str(t.device))
-        if ident in seen and t.numel():
-            t = t.clone()  # safetensors refuses tensors sharing storage
-        seen.add(ident)
-        out[name] = t
-    with _atomic_target(path) as tmp:
-        save_file(out, str(tmp), metadata=dict(metadata) if metadata else None)
-
-
-def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a safetensors file onto the CPU (no pickle: safe for untrusted files)."""
-    from safetensors.torch import load_file
-
-    return load_file(str(path), device="cpu")
-
-
-def load_tensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The str -> str metadata stored by :func:`save_tensors`."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
-class ZarrContents:
-    """What :func:`load_arrays_zarr` returns: unpacks as ``arrays, attrs`` (like a 2-tuple).
-
-    ``contents["name"]`` is a shortcut for ``contents.arrays["name"]``.
-    """
-
-    def __init__(self, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
-        self.arrays = arrays
-        self.attrs = attrs
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.arrays, self.attrs))
-
-    def __len__(self) -> int:
-        return 2
-
-    @overload
-    def __getitem__(self, item: str) -> np.ndarray: ...
-    @overload
-    def __getitem__(self, item: int) -> Any: ...
-    def __getitem__(self, item: str | int) -> Any:
-        if isinstance(item, str):
-            return self.arrays[item]
-        return (self.arrays, self.attrs)[item]
-
-    def __repr__(self) -> str:
-        return f"ZarrContents(arrays={sorted(self.arrays)}, attrs={self.attrs!r})"
-
-
-def save_arrays_zarr(path: str | os.PathLike[str], arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None,
-                     chunks: int | tuple[int, ...] | Mapping[str, tuple[int, ...]] | None = None) -> None:
-    """Write named arrays (numpy or CPU torch) as one zarr v3 group directory; dtypes and bits preserved.
-
-    ``chunks``: an int (chunk edge for every dimension), a shape (used for arrays of that rank), a dict
-    of shapes by array name, or None (zarr's automatic chunking). Empty chunks are written too, so -0.0
-    and NaN payloads survive bit for bit.
-    """
-    import zarr
-
-    attrs_j = _jsonable(dict(attrs or {}), "attrs")
-    with _atomic_target(path) as tmp:
-        group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
-        if attrs_j:
-            group.attrs.update(attrs_j)
-        for name, value in arrays.items():
-            if not isinstance(name, str) or not _PART_RE.fullmatch(name):
-                raise StoreError(f"array name {_show(name)} is not allowed: use ASCII [A-Za-z0-9._-]")
-            arr = _to_numpy(value, f"save_arrays_zarr[{name!r}]")
-            shape_chunks = _chunk_shape(chunks, name, arr.shape)
-            z = group.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=shape_chunks,
-                                   config={"write_empty_chunks": True})
-            z[...] = arr
-
-
-def _chunk_shape(chunks: Any, name: str, shape: tuple[int, ...]) -> Any:
-    if isinstance(chunks, Mapping):
-        chunks = chunks.get(name)
-    if chunks is None or not shape:
-        return "auto"
-    if isinstance(chunks, int):
-        return tuple(max(1, min(chunks, n)) for n in shape)
-    return tuple(chunks) if len(chunks) == len(shape) else "auto"
-
-
-def load_arrays_zarr(path: str | os.PathLike[str]) -> ZarrContents:
-    """Read a group written by :func:`save_arrays_zarr`: ``(arrays by name, attrs)``."""
-    import numpy as np
-    import zarr
-
-    group = zarr.open_group(store=str(path), mode="r", zarr_format=3)
-    arrays = {name: np.asarray(arr[...]) for name, arr in group.arrays()}
-    return ZarrContents(arrays, dict(group.attrs))
-
-
-class Rows(list):  # type: ignore[type-arg]
-    """A ``list[dict]`` of table rows that can also give columns (``to_pydict()``)."""
-
-    def __init__(self, rows: Sequence[dict[str, Any]] = (), columns: Sequence[str] = ()) -> None:
-        super().__init__(rows)
-        self.column_names = list(columns)
-
-    def to_pydict(self) -> dict[str, list[Any]]:
-        """Columns as lists (the pyarrow ``Table.to_pydict`` shape)."""
-        return {c: [row[c] for row in self] for c in self.column_names}
-
-
-def save_table(path: str | os.PathLike[str],
-               rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]] | pyarrow.Table) -> None:
-    """Write a parquet table from rows (list of dicts), columns (dict of lists) or a pyarrow Table."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if isinstance(rows, pa.Table):
-        table = rows
-    elif isinstance(rows, Mapping):
-        table = pa.Table.from_pydict({k: list(v) for k, v in rows.items()})
-    else:
-        table = pa.Table.from_pylist([dict(r) for r in rows])
-    with _atomic_target(path) as tmp:
-        pq.write_table(table, str(tmp))
-
-
-def load_table(path: str | os.PathLike[str]) -> Rows:
-    """Read a parquet table as a list of row dicts (a :class:`Rows`, which also has ``to_pydict()``)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(str(path))
-    return Rows(table.to_pylist(), table.column_names)
-
-
-def save_png(path: str | os.PathLike[str], image: Image.Image | np.ndarray | torch.Tensor) -> None:
-    """Write a PNG from a PIL image or a uint8 / bool (mask -> 0/255) array of shape HxW or HxWx{1,3,4}."""
-    import numpy as np
-    from PIL import Image
-
-    if not isinstance(image, Image.Image):
-        arr = _to_numpy(image, "save_png")
-        if arr.dtype == np.bool_:
-            arr = arr.astype(np.uint8) * 255
-        if arr.dtype != np.uint8:
-            raise TypeError(f"save_png: expected a uint8 or bool array, got {arr.dtype}; scale to 0..255 and "
-                            "cast with .astype(np.uint8)")
-        if arr.ndim == 3 and arr.shape[2] == 1:
-            arr = arr[:, :, 0]
-        if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
-            raise TypeError(f"save_png: expected shape HxW or HxWx{{1,3,4}}, got {arr.shape}")
-        image = Image.fromarray(arr)
-    with _atomic_target(path) as tmp:
-        image.save(tmp, format="PNG")
-
-
-def load_png(path: str | os.PathLike[str]) -> Image.Image:
-    """Read a PNG fully into memory (the file is closed on return)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.format != "PNG":
-            raise ValueError(f"load_png: {str(path)!r} is {im.format}, not PNG")
-        im.load()
-        return im.copy()

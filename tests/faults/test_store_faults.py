@@ -307,15 +307,16 @@ def _write_every_kind(store: ArtifactStore) -> list[ArtifactRef]:
     import numpy as np
     import torch
 
-    from tasks import store as st
+    from tasks import formats
 
     writers = {
-        "lora": lambda d: st.save_tensors(d / "lora.safetensors",
-                                          {"down": torch.randn(4, 16), "up": torch.randn(16, 4)}),
-        "stats": lambda d: st.save_arrays_zarr(d / "stats.zarr", {"A": np.random.rand(16, 16), "G": np.eye(16)},
-                                               attrs={"n": 3}, chunks=8),
-        "prompts": lambda d: st.save_table(d / "table.parquet", [{"erased": "a cat", "mapping": "a"}] * 5),
-        "masks": lambda d: st.save_png(d / "0000.png", np.random.rand(8, 8) > 0.5),
+        "lora": lambda d: formats.save_tensors(d / "lora.safetensors",
+                                               {"down": torch.randn(4, 16), "up": torch.randn(16, 4)}),
+        "stats": lambda d: formats.save_arrays_zarr(d / "stats.zarr",
+                                                    {"A": np.random.rand(16, 16), "G": np.eye(16)},
+                                                    attrs={"n": 3}, chunks=8),
+        "prompts": lambda d: formats.save_table(d / "table.parquet", [{"erased": "a cat", "mapping": "a"}] * 5),
+        "masks": lambda d: formats.save_png(d / "0000.png", np.random.rand(8, 8) > 0.5),
         "captions": lambda d: (d / "count.json").write_text('{"count": 12}'),
     }
     refs = []

@@ -259,7 +259,7 @@ def test_erase_with_grounded_sam_masks_and_previews(tiny_model, store_root, tiny
     # overlay previews for the UI, and the detection record
     previews = task_masks.preview_files(store, ref)
     assert [p.name for p in previews] == names
-    from tasks.store import load_png
+    from tasks.formats import load_png
 
     assert all(load_png(p).mode == "RGB" and load_png(p).size == (32, 32) for p in previews)
     dets = task_masks.load_detections(store, ref)
@@ -292,8 +292,8 @@ def test_grounded_sam_empty_detection_policy(tiny_model, store_root, tiny_gsam, 
 
     from mace_core import grounded_sam as gs
     from mace_core.concepts import Concept
+    from tasks import formats
     from tasks import masks as task_masks
-    from tasks import store as st
     from tasks._cache import key_for, open_store
     from tasks.images import RECORD, image_files, load_image_tensor
 
@@ -302,9 +302,10 @@ def test_grounded_sam_empty_detection_policy(tiny_model, store_root, tiny_gsam, 
     key = key_for("images", "test", {"random": 3}, {})
     with store.writer("images", key, config={"random": 3}, inputs={}, version="test") as out:
         for i in range(3):
-            st.save_png(out / f"{i:04d}.png", np.random.RandomState(i).randint(0, 256, (32, 32, 3), dtype=np.uint8))
-        st.save_table(out / RECORD, {"file": [f"{i:04d}.png" for i in range(3)], "prompt": ["a photo of the cat"] * 3,
-                                     "seed": [0, 1, 2]})
+            pixels = np.random.RandomState(i).randint(0, 256, (32, 32, 3), dtype=np.uint8)
+            formats.save_png(out / f"{i:04d}.png", pixels)
+        formats.save_table(out / RECORD, {"file": [f"{i:04d}.png" for i in range(3)],
+                                          "prompt": ["a photo of the cat"] * 3, "seed": [0, 1, 2]})
     images = store.get("images", key)
     calls = {"n": 0}
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.store import (StoreError, load_arrays_zarr, load_png, load_table, load_tensors, load_tensors_metadata,
-                         save_arrays_zarr, save_png, save_table, save_tensors)
+from tasks.formats import (load_arrays_zarr, load_png, load_table, load_tensors, load_tensors_metadata,
+                           save_arrays_zarr, save_png, save_table, save_tensors)
+from tasks.store import StoreError
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
