@@ -158,19 +158,21 @@ def test_a_wider_text_tower_widens_only_the_text_side_and_the_unet_reads_it():
     assert out.shape == (2, 4, 8, 8)
 
 
-def test_the_256_wide_world_reads_its_wider_encoder_and_shares_the_shipped_vae_and_tokenizer():
+@pytest.mark.parametrize("width", [256, 512])
+def test_a_wide_world_reads_its_wider_encoder_and_shares_the_shipped_vae_and_tokenizer(width):
     import json
 
-    from miniworld.paths import TEXT256_WEIGHTS_DIR
+    from miniworld import paths
     from tasks._cache import files_digest
 
-    wide = TEXT256_WEIGHTS_DIR / "pipeline"
+    weights = getattr(paths, f"TEXT{width}_WEIGHTS_DIR")
+    wide = weights / "pipeline"
     text = json.loads((wide / "text_encoder" / "config.json").read_text())
     unet = json.loads((wide / "unet" / "config.json").read_text())
-    assert text["hidden_size"] == unet["cross_attention_dim"] == 256
+    assert text["hidden_size"] == unet["cross_attention_dim"] == width
     for part in ("vae", "tokenizer", "scheduler"):
         assert files_digest(wide, (part,)) == files_digest(PIPELINE_DIR, (part,)), part
-    quality = json.loads((TEXT256_WEIGHTS_DIR / "quality" / "quality.json").read_text())
+    quality = json.loads((weights / "quality" / "quality.json").read_text())
     assert quality["figures"]["identity_top1"] >= 0.85
 
 
