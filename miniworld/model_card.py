@@ -60,13 +60,12 @@ def plot_losses(logs: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(MODELS), figsize=(3.2 * len(MODELS), 2.6))
-    for ax, m in zip(axes, MODELS, strict=True):
-        path = logs / f"{m}_loss.csv"
-        if path.exists():
-            rows = list(csv.DictReader(path.open()))
-            column = PLOTTED.get(m, "loss")
-            ax.plot([int(r["step"]) for r in rows], [float(r[column]) for r in rows])
+    trained = [m for m in MODELS if (logs / f"{m}_loss.csv").exists()]  # a TEXT_ONLY world has no VAE/classifier log
+    fig, axes = plt.subplots(1, len(trained), figsize=(3.2 * len(trained), 2.6), squeeze=False)
+    for ax, m in zip(axes[0], trained, strict=True):
+        rows = list(csv.DictReader((logs / f"{m}_loss.csv").open()))
+        column = PLOTTED.get(m, "loss")
+        ax.plot([int(r["step"]) for r in rows], [float(r[column]) for r in rows])
         ax.set_title(m.replace("_", " "))
         ax.set_xlabel("step")
         ax.set_yscale("log")
