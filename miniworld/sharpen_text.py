@@ -120,6 +120,8 @@ def main() -> None:
                    help="weight of telling one-subject captions apart by their EOS-and-padding tail (0: off)")
     args = p.parse_args()
     run = start(args, "sharpen_text")
+    if run.finished(args.steps):
+        return
     _, rows = corpus_images(args)
     tokenizer = load_tokenizer(args.components / "tokenizer")
     ids = tokenize(tokenizer, [r["caption"] for r in rows])

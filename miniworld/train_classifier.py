@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--vae", type=Path, default=PIPELINE_DIR / "vae")
     args = p.parse_args()
     run = start(args, "classifier")
+    if run.finished(args.steps):
+        return
     images, rows = corpus_images(args)
     targets = {h: v.to(args.device) for h, v in corpus_labels(rows, tuple(HEADS)).items()}
     single = torch.nonzero(targets["kind"] >= 0).squeeze(1)

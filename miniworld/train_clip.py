@@ -44,6 +44,8 @@ def main() -> None:
                    help="width of the text tower, which the UNet and every later stage read from its config")
     args = p.parse_args()
     run = start(args, "clip")
+    if run.finished(args.steps):
+        return
     images, rows = corpus_images(args)
     tokenizer = load_tokenizer(args.tokenizer)
     ids = tokenize(tokenizer, [r["caption"] for r in rows])

@@ -140,6 +140,8 @@ def main() -> None:
                    help="weight of the cross-attention supervision loss (miniworld.attention_supervision); 0: off")
     args = p.parse_args()
     run = start(args, "unet")
+    if run.finished(args.steps):
+        return
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     dev = args.device

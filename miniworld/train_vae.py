@@ -22,6 +22,8 @@ def main() -> None:
     p = parser(__doc__, PIPELINE_DIR / "vae", steps=3000, batch_size=64, lr=1e-3)
     args = p.parse_args()
     run = start(args, "vae")
+    if run.finished(args.steps):
+        return
     images, _ = corpus_images(args)
     data = torch.from_numpy(images).to(args.device)
     vae = make_vae().to(args.device)

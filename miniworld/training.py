@@ -53,6 +53,16 @@ class Run:
     created: float = field(default_factory=time.time)  # process start of this session: setup = loop start - created
     loop_started: float | None = None  # set by begin_loop()
 
+    def finished(self, steps: int) -> bool:
+        """True if an earlier session trained all ``steps`` and wrote its summary. Running it again would only
+        re-save the outputs and count a session that trained nothing."""
+        path = self.workdir / "summary.json"
+        if not path.exists() or json.loads(path.read_text())["steps"] != steps:
+            return False
+        log.info("%s already trained %d steps (summary.json): skipped; delete %s to train it again",
+                 self.workdir.name, steps, self.workdir)
+        return True
+
     def batch_indices(self, step: int, n: int, batch_size: int, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The (deterministic) sample indices of ``step``: uniform over ``n`` rows, or drawn with replacement
         in proportion to ``weights`` (float[n]) when given."""

@@ -195,6 +195,19 @@ def test_finish_records_setup_time_and_a_resumed_session_adds_to_the_sums(tmp_pa
     assert two["wall_seconds"] >= 30.0  # the first session's loop time, from the loss log's clock
 
 
+def test_a_finished_run_is_skipped_and_a_run_stopped_short_of_its_steps_is_not(tmp_path):
+    model = {"model": torch.nn.Linear(2, 2)}
+    run = Run(workdir=tmp_path, seed=0)
+    assert not run.finished(100)  # nothing on disk yet
+    run.begin_loop()
+    run.save(100, model)
+    assert not run.finished(100)  # a checkpoint alone: the session may have died before finish()
+    finish(run, tmp_path / "out", 100)
+    assert run.finished(100) and not run.finished(200)  # asking for more steps resumes the run
+    finish(run, tmp_path / "out", 60)  # e.g. a deadline stopped the UNet at step 60 of 100
+    assert not run.finished(100)
+
+
 def test_a_session_killed_after_a_checkpoint_still_counts(tmp_path):
     """A session that ended without finish() (killed at its end, no summary.json) is counted from its
     checkpoint: its loop seconds, setup seconds and the session itself."""
